@@ -1,0 +1,51 @@
+# Task interface (other tooling depends on these names). `make help` lists them.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status test demo stack-up stack-down services-up services-down schemas asyncapi
+
+help:
+	@echo "make up       start Kafka, PostgreSQL and the three services; returns when all are ready"
+	@echo "make down     stop everything make up started"
+	@echo "make status   one line per component"
+	@echo "make test     set up and run the whole test suite (starts the stack if needed)"
+	@echo "make demo     run the multi-agency end-to-end flow on the real stack and print a report"
+	@echo "make schemas  regenerate contract/schemas/*.json from the contract models"
+	@echo "make asyncapi write docs/asyncapi.json from the code"
+
+venv:
+	@deploy/local/bootstrap.sh
+
+stack-up: venv
+	@deploy/local/stack.sh up
+
+stack-down:
+	@deploy/local/stack.sh down
+
+services-up: stack-up
+	@deploy/local/services.sh start
+
+services-down:
+	@deploy/local/services.sh stop
+
+up: services-up
+
+down:
+	-@deploy/local/services.sh stop
+	@deploy/local/stack.sh down
+
+status:
+	-@deploy/local/stack.sh status
+	-@deploy/local/services.sh status
+
+test: stack-up
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: up
+	$(PY) -m tools.demo $(DEMO_ARGS)
+
+schemas: venv
+	$(PY) -m shared.contract.schemas write
+
+asyncapi: venv
+	$(PY) -m shared.contract.asyncapi docs/asyncapi.json

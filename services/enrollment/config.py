@@ -1,0 +1,25 @@
+"""Settings of the enrollment service (env prefix ENROLLMENT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.runtime.settings import ServiceSettings
+
+DEV_DATA_KEY = "ZGV2LW9ubHktZGF0YS1rZXktY2hhbmdlLW1lLTAwMDA="  # 32 bytes, development only
+
+
+class EnrollmentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ENROLLMENT_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "enrollment"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/enrollment"
+    http_port: int = 8001
+    catalogue_dir: Path = Path(__file__).with_name("catalogues")
+    data_key: str = Field(
+        DEV_DATA_KEY, validation_alias="DATA_ENCRYPTION_KEY",
+        description="Fernet key protecting names and national ids at rest",
+    )

@@ -1,0 +1,166 @@
+"""Pure rules of the training lifecycle: acceptance, attendance, closing, work months.
+
+Standard library only. The handler loads state, calls these functions in event order and
+stores what they return; POLICY.md §5 "Facts and dates" is what they implement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+MAX_HOURS_PER_DAY = Decimal(12)
+
+
+class Refusal(Exception):
+    """A record that is an error (dead letter), with the service's documented code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class Enrollment:
+    """What the service knows about one enrollment while deciding a batch."""
+
+    enrollment_ref: str
+    agency: str
+    person_id: str
+    institution_id: str
+    course_id: str
+    start_date: dt.date
+    end_date: dt.date
+    planned_hours: int
+    accepted: dict
+    event_time: dt.datetime
+    status: str = "open"
+    closed_on: dt.date | None = None
+    hours_attended: Decimal | None = None
+    days_attended: int | None = None
+    attendance: dict[dt.date, Decimal] | None = None  # loaded only when needed
+    months: dict[str, tuple[int, int]] | None = None  # month -> (wages_fen, month_index)
+    dirty: bool = False
+    new: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """An agency's 目录清单; ``None`` means open (everything admitted)."""
+
+    agency: str
+    institutions: frozenset[str] | None = None
+    courses: frozenset[str] | None = None
+
+    def refusal(self, institution_id: str, course_id: str) -> tuple[str, str] | None:
+        if self.institutions is not None and institution_id not in self.institutions:
+            return ("institution_not_accredited",
+                    f"institution {institution_id} is not in {self.agency}'s catalogue")
+        if self.courses is not None and course_id not in self.courses:
+            return ("course_not_in_catalogue",
+                    f"course {course_id} is not in {self.agency}'s catalogue")
+        return None
+
+
+@dataclass
+class Catalogues:
+    by_agency: dict[str, Catalogue] = field(default_factory=dict)
+
+    def of(self, agency: str) -> Catalogue:
+        return self.by_agency.get(agency, Catalogue(agency))
+
+    @classmethod
+    def load(cls, directory: Path) -> Catalogues:
+        found = {}
+        for path in sorted(directory.glob("*.json")):
+            raw = json.loads(path.read_text())
+            inst, courses = raw.get("institutions"), raw.get("courses")
+            found[raw["agency"]] = Catalogue(
+                raw["agency"],
+                frozenset(inst) if inst is not None else None,
+                frozenset(courses) if courses is not None else None,
+            )
+        return cls(found)
+
+
+def overlapping(existing: list[Enrollment], course_id: str, start: dt.date, end: dt.date) -> Enrollment | None:
+    """A live enrollment of the same person in the same course over overlapping dates."""
+    for other in existing:
+        if (
+            other.course_id == course_id
+            and other.status != "withdrawn"
+            and other.start_date <= end
+            and start <= other.end_date
+        ):
+            return other
+    return None
+
+
+def check_attendance(enrollment: Enrollment, day: dt.date, hours: Decimal) -> None:
+    """0 < hours <= 12 for one trainee on one date, within the course's dates."""
+    if not (Decimal(0) < hours <= MAX_HOURS_PER_DAY):
+        raise Refusal("invalid_hours", f"hours {hours} outside 0 < h <= 12")
+    if not (enrollment.start_date <= day <= enrollment.end_date):
+        raise Refusal(
+            "date_outside_course",
+            f"date {day} outside the course {enrollment.start_date}..{enrollment.end_date}",
+        )
+
+
+def check_institution(enrollment: Enrollment, institution_id: str) -> None:
+    if institution_id != enrollment.institution_id:
+        raise Refusal(
+            "institution_mismatch",
+            f"enrollment {enrollment.enrollment_ref} belongs to another institution",
+        )
+
+
+def check_finish(enrollment: Enrollment, finished_on: dt.date) -> None:
+    if finished_on < enrollment.start_date:
+        raise Refusal(
+            "finish_before_start",
+            f"finished_on {finished_on} is before the course start {enrollment.start_date}",
+        )
+
+
+def check_month(enrollment: Enrollment, month: str) -> None:
+    first = enrollment.start_date.strftime("%Y-%m")
+    last = enrollment.end_date.strftime("%Y-%m")
+    if not (first <= month <= last):
+        raise Refusal(
+            "month_outside_enrollment", f"month {month} outside the enrollment {first}..{last}"
+        )
+
+
+@dataclass(frozen=True)
+class Totals:
+    hours: Decimal
+    days: int
+    rate: Decimal
+
+
+def totals(enrollment: Enrollment) -> Totals:
+    """Days = distinct dates with hours > 0; hours = their sum; rate = hours / planned, capped at 1."""
+    attendance = enrollment.attendance or {}
+    hours = sum((h for h in attendance.values() if h > 0), Decimal(0))
+    days = sum(1 for h in attendance.values() if h > 0)
+    rate = min(Decimal(1), hours / Decimal(enrollment.planned_hours))
+    return Totals(hours, days, rate)
+
+
+def next_month_index(enrollment: Enrollment) -> int:
+    """The 1-based position of a new month among the enrollment's months, by first arrival."""
+    return len(enrollment.months or {}) + 1
+
+
+def number(value: Decimal) -> int | float:
+    """Hours for JSON: an integer where whole (the common case), otherwise a decimal number."""
+    return int(value) if value == value.to_integral_value() else float(value)

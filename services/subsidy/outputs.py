@@ -1,0 +1,228 @@
+"""The subsidy service's output events (EVENTS.md §5.3) with deterministic, replay-stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+SUBSIDY = "skills.subsidy."
+
+
+class Stage(StrEnum):
+    FULL = "full"
+    ADVANCE = "advance"
+    SETTLEMENT = "settlement"
+
+
+class RejectionReason(StrEnum):
+    """In the order POLICY §5 checks them; the first failing one is reported."""
+
+    PENSION_ELIGIBLE = "pension_eligible"
+    CERTIFICATE_KIND_NOT_COVERED = "certificate_kind_not_covered"
+    INELIGIBLE_CATEGORY = "ineligible_category"
+    INSUFFICIENT_INSURANCE = "insufficient_insurance"
+    OUTSIDE_HIRE_WINDOW = "outside_hire_window"
+    INSUFFICIENT_HOURS = "insufficient_hours"
+    AMOUNT_NOT_CONFIGURED = "amount_not_configured"
+    DUPLICATE_PROJECT = "duplicate_project"
+    DUPLICATE_OCCUPATION_LEVEL = "duplicate_occupation_level"
+    NOT_STACKABLE = "not_stackable"
+    ANNUAL_LIMIT = "annual_limit"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+class ReversalReason(StrEnum):
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    ADVANCE_NOT_EARNED = "advance_not_earned"
+    ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
+
+
+def digest(*parts: Any) -> str:
+    """sha256 hex of the canonical JSON of `parts`: the root of every deterministic id."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Basis:
+    """The facts a decision rests on, as EVENTS.md `basis`."""
+
+    enrollment_ref: str | None = None
+    certificate_id: str | None = None
+    assessment_ref: str | None = None
+    days: int | None = None
+    month: str | None = None
+    year_index: int | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "enrollment_ref": self.enrollment_ref,
+            "certificate_id": self.certificate_id,
+            "assessment_ref": self.assessment_ref,
+            "days": self.days,
+            "month": self.month,
+            "year_index": self.year_index,
+        }
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    agency: str
+    version: str
+    hash: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"agency": self.agency, "version": self.version, "hash": self.hash}
+
+
+def grant_id_for(agency: str, rule: str, stage: Stage, basis: Basis) -> str:
+    return "g_" + digest(agency, rule, stage.value, basis.to_payload())[:24]
+
+
+@dataclass(frozen=True)
+class SubsidyGranted:
+    grant_id: str
+    person_id: str
+    agency: str
+    subsidy_type: str
+    stage: Stage
+    amount_fen: int
+    payee_kind: str
+    payee_id: str
+    fund: str
+    policy: PolicyRef
+    rule: str
+    basis: Basis
+    explanation: str
+    event_type: ClassVar[str] = SUBSIDY + "SubsidyGranted.v1"
+
+    @property
+    def event_id(self) -> str:
+        return self.grant_id
+
+    @property
+    def key(self) -> str:
+        return self.person_id
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "grant_id": self.grant_id,
+            "person_id": self.person_id,
+            "agency": self.agency,
+            "subsidy_type": self.subsidy_type,
+            "stage": self.stage.value,
+            "amount_fen": self.amount_fen,
+            "payee": {"kind": self.payee_kind, "id": self.payee_id},
+            "fund": self.fund,
+            "policy": self.policy.to_payload(),
+            "rule": self.rule,
+            "basis": self.basis.to_payload(),
+            "explanation": self.explanation,
+        }
+
+
+@dataclass(frozen=True)
+class SubsidyRejected:
+    person_id: str
+    agency: str
+    subsidy_type: str
+    rule: str
+    basis: Basis
+    reason: RejectionReason
+    explanation: str
+    policy: PolicyRef
+    event_type: ClassVar[str] = SUBSIDY + "SubsidyRejected.v1"
+
+    @property
+    def event_id(self) -> str:
+        return "r_" + digest(
+            self.person_id, self.agency, self.rule, self.basis.to_payload(), self.reason.value
+        )[:24]
+
+    @property
+    def key(self) -> str:
+        return self.person_id
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "person_id": self.person_id,
+            "agency": self.agency,
+            "subsidy_type": self.subsidy_type,
+            "rule": self.rule,
+            "basis": self.basis.to_payload(),
+            "reason": self.reason.value,
+            "explanation": self.explanation,
+            "policy": self.policy.to_payload(),
+        }
+
+
+@dataclass(frozen=True)
+class SubsidyReversed:
+    grant_id: str
+    person_id: str
+    agency: str
+    amount_fen: int
+    reason: ReversalReason
+    explanation: str
+    rule: str
+    event_type: ClassVar[str] = SUBSIDY + "SubsidyReversed.v1"
+
+    @property
+    def event_id(self) -> str:
+        return "v_" + digest(self.grant_id, self.reason.value)[:24]
+
+    @property
+    def key(self) -> str:
+        return self.person_id
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "grant_id": self.grant_id,
+            "person_id": self.person_id,
+            "agency": self.agency,
+            "amount_fen": self.amount_fen,
+            "reason": self.reason.value,
+            "explanation": self.explanation,
+            "rule": self.rule,
+        }
+
+
+THRESHOLDS_BP = (8000, 9000, 10000)
+
+
+@dataclass(frozen=True)
+class BudgetThresholdReached:
+    agency: str
+    fund: str
+    year: int
+    budget_fen: int
+    committed_fen: int
+    threshold_bp: int
+    event_type: ClassVar[str] = SUBSIDY + "BudgetThresholdReached.v1"
+
+    @property
+    def event_id(self) -> str:
+        return "b_" + digest(self.agency, self.fund, self.year, self.threshold_bp)[:24]
+
+    @property
+    def key(self) -> str:
+        return f"budget:{self.agency}:{self.fund}:{self.year}"
+
+    def to_payload(self) -> dict[str, Any]:
+        # The contract's `threshold` is a JSON number (0.8, 0.9, 1.0); it is a ratio, not money,
+        # and it is exact in basis points alongside.
+        return {
+            "agency": self.agency,
+            "fund": self.fund,
+            "year": self.year,
+            "budget_fen": self.budget_fen,
+            "committed_fen": self.committed_fen,
+            "threshold": self.threshold_bp / 10_000,
+            "threshold_bp": self.threshold_bp,
+        }
+
+
+Output = SubsidyGranted | SubsidyRejected | SubsidyReversed | BudgetThresholdReached

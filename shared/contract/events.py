@@ -1,0 +1,425 @@
+"""Pydantic models of every v1 event payload (the CloudEvents ``data``), upstream and output.
+
+EVENTS.md is binding: field names and meanings here follow it exactly. Models ignore unknown
+fields (forward compatibility); anything added here must be optional.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+
+class Payload(BaseModel):
+    """Base of every payload: unknown fields are ignored, known ones validated."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Level(StrEnum):
+    JUNIOR = "junior"
+    INTERMEDIATE = "intermediate"
+    SENIOR = "senior"
+    TECHNICIAN = "technician"
+    SENIOR_TECHNICIAN = "senior_technician"
+
+
+class CertificateKind(StrEnum):
+    QUALIFICATION = "qualification"
+    SKILL_LEVEL = "skill_level"
+    SPECIAL_ABILITY = "special_ability"
+    SPECIAL_OPERATION = "special_operation"
+    SPECIAL_EQUIPMENT = "special_equipment"
+    TRAINING_COMPLETION = "training_completion"
+
+
+LEVELLED_KINDS = frozenset({CertificateKind.QUALIFICATION, CertificateKind.SKILL_LEVEL})
+
+
+class TrainingType(StrEnum):
+    SKILL_UPGRADE = "skill_upgrade"
+    PRE_JOB = "pre_job"
+    JOB_TRANSFER = "job_transfer"
+    SAFETY = "safety"
+    SPECIAL_OPERATION = "special_operation"
+    APPRENTICESHIP = "apprenticeship"
+    WORK_FOR_TRAINING = "work_for_training"
+    DOMESTIC_PREJOB = "domestic_prejob"
+    DOMESTIC_REFRESH = "domestic_refresh"
+    NON_LEVEL = "non_level"
+    ENTREPRENEURSHIP = "entrepreneurship"
+    KEY_INDUSTRY = "key_industry"
+
+
+class Category(StrEnum):
+    POOR_LABOR = "poor_labor"
+    POOR_FAMILY_CHILD = "poor_family_child"
+    LOW_INCOME = "low_income"
+    EMPLOYMENT_DIFFICULTY = "employment_difficulty"
+    ZERO_EMPLOYMENT_FAMILY = "zero_employment_family"
+    NON_CONTINUING_GRADUATE = "non_continuing_graduate"
+    URBAN_DIBAO_FAMILY = "urban_dibao_family"
+    RURAL_MIGRANT = "rural_migrant"
+    RURAL_LABOR = "rural_labor"
+    COLLEGE_GRADUATE = "college_graduate"
+    REGISTERED_UNEMPLOYED = "registered_unemployed"
+    OVERCAPACITY_DISPLACED = "overcapacity_displaced"
+    JOB_TRANSFEREE = "job_transferee"
+    VETERAN = "veteran"
+    DISABLED = "disabled"
+    ENTERPRISE_EMPLOYEE = "enterprise_employee"
+    DOMESTIC_WORKER = "domestic_worker"
+    PENSION_ELIGIBLE = "pension_eligible"
+
+
+class PayeeKind(StrEnum):
+    PERSON = "person"
+    EMPLOYER = "employer"
+    INSTITUTION = "institution"
+
+
+class Sector(StrEnum):
+    HITECH = "hitech"
+    FINTECH = "fintech"
+    CULTURE = "culture"
+    LIFE_SERVICES = "life_services"
+    CITY_OPS = "city_ops"
+
+
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Month = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Fen = Annotated[int, Field(ge=0, strict=True)]
+PersonId = Annotated[str, StringConstraints(pattern=r"^p_[0-9a-f]{32}$")]
+
+
+# ---- upstream: skills.training.upstream -------------------------------------------------
+
+
+class Trainee(Payload):
+    national_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    categories: list[Category] = Field(default_factory=list)
+    rural: bool | None = None
+    hukou_agency: str | None = None
+    insured_months: Annotated[int, Field(ge=0)] | None = None
+    hired_on: dt.date | None = None
+
+
+class Employer(Payload):
+    id: Ref
+    insured: bool = False
+    hardship_certified: bool = False
+    sector: Sector | None = None
+    employee_model_domestic: bool = False
+
+
+class Course(Payload):
+    course_id: Ref
+    occupation_code: Ref
+    occupation_name: str = ""
+    level: Level | None = None
+    training_type: TrainingType
+    planned_hours: Annotated[int, Field(gt=0)]
+    start_date: dt.date
+    end_date: dt.date
+    project_based: bool = False
+    program_years: Annotated[int, Field(ge=1, le=3)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Course:
+        if self.end_date < self.start_date:
+            raise ValueError("course.end_date is before course.start_date")
+        if self.training_type is TrainingType.APPRENTICESHIP and self.program_years is None:
+            raise ValueError("course.program_years (1 to 3) is required for apprenticeship")
+        return self
+
+
+class Fee(Payload):
+    amount_fen: Fen
+    payer: PayeeKind
+
+
+class TraineeEnrolled(Payload):
+    enrollment_ref: Ref
+    institution_id: Ref
+    trainee: Trainee
+    employer: Employer | None = None
+    course: Course
+    fee: Fee
+
+
+class AttendanceRecorded(Payload):
+    enrollment_ref: Ref
+    institution_id: Ref
+    date: dt.date
+    hours: float  # range (0, 12] is a business check with its own DLQ code
+
+
+class TrainingFinished(Payload):
+    enrollment_ref: Ref
+    institution_id: Ref
+    finished_on: dt.date
+
+
+class EnrollmentWithdrawnUpstream(Payload):
+    enrollment_ref: Ref
+    institution_id: Ref
+    withdrawn_on: dt.date
+    reason: str = ""
+
+
+class WorkTrainingMonthRecorded(Payload):
+    enrollment_ref: Ref
+    institution_id: Ref
+    month: Month
+    wages_fen: Fen
+
+
+# ---- upstream: skills.assessment.upstream -----------------------------------------------
+
+
+class AssessmentResultRecorded(Payload):
+    assessment_ref: Ref
+    evaluator_id: Ref
+    national_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    enrollment_ref: Ref | None = None
+    occupation_code: Ref
+    level: Level | None = None
+    certificate_kind: CertificateKind
+    passed: bool
+    theory_score: float | None = None
+    practical_score: float | None = None
+    assessed_on: dt.date
+
+
+class CertificateRevokedUpstream(Payload):
+    certificate_id: Ref
+    revoked_on: dt.date
+    reason: str = ""
+
+
+# ---- output: skills.enrollment.events -----------------------------------------------------
+
+
+class EnrollmentAccepted(Payload):
+    enrollment_ref: Ref
+    person_id: PersonId
+    institution_id: Ref
+    categories: list[Category]
+    rural: bool | None = None
+    hukou_agency: str | None = None
+    insured_months: int | None = None
+    hired_on: dt.date | None = None
+    employer: Employer | None = None
+    course: Course
+    fee: Fee
+    accepted_on: dt.date
+
+
+class EnrollmentRejected(Payload):
+    enrollment_ref: Ref
+    person_id: PersonId | None = None
+    reason: str
+    detail: str = ""
+
+
+class TrainingCompleted(Payload):
+    enrollment_ref: Ref
+    person_id: PersonId
+    course: Course
+    hours_attended: float
+    days_attended: int
+    attendance_rate: Annotated[float, Field(ge=0, le=1)]
+    completed_on: dt.date
+
+
+class EnrollmentWithdrawn(Payload):
+    enrollment_ref: Ref
+    person_id: PersonId
+    withdrawn_on: dt.date
+    days_attended: int
+
+
+class WorkTrainingMonthAccepted(Payload):
+    enrollment_ref: Ref
+    person_id: PersonId
+    month: Month
+    wages_fen: Fen
+    month_index: Annotated[int, Field(ge=1)]
+
+
+# ---- output: skills.assessment.events -----------------------------------------------------
+
+
+class AssessmentOutcome(Payload):
+    assessment_ref: Ref
+    person_id: PersonId
+    enrollment_ref: Ref | None = None
+    occupation_code: Ref
+    level: Level | None = None
+    certificate_kind: CertificateKind
+    assessed_on: dt.date
+
+
+class AssessmentPassed(AssessmentOutcome):
+    pass
+
+
+class AssessmentFailed(AssessmentOutcome):
+    pass
+
+
+class CertificateIssued(Payload):
+    certificate_id: Ref
+    assessment_ref: Ref
+    person_id: PersonId
+    enrollment_ref: Ref | None = None
+    occupation_code: Ref
+    level: Level | None = None
+    certificate_kind: CertificateKind
+    issued_on: dt.date
+
+
+class CertificateRevoked(Payload):
+    certificate_id: Ref
+    person_id: PersonId
+    revoked_on: dt.date
+    reason: str = ""
+
+
+# ---- output: skills.subsidy.events --------------------------------------------------------
+
+
+class Payee(Payload):
+    kind: PayeeKind
+    id: str
+
+
+class PolicyRef(Payload):
+    agency: str
+    version: str
+    hash: str | None = None  # additive: sha256 of the policy file the decision used
+
+
+class Basis(Payload):
+    enrollment_ref: str | None = None
+    certificate_id: str | None = None
+    assessment_ref: str | None = None
+    days: int | None = None
+    month: Month | None = None
+    year_index: int | None = None
+
+
+class SubsidyStage(StrEnum):
+    FULL = "full"
+    ADVANCE = "advance"
+    SETTLEMENT = "settlement"
+
+
+class RejectionReason(StrEnum):
+    ANNUAL_LIMIT = "annual_limit"
+    DUPLICATE_OCCUPATION_LEVEL = "duplicate_occupation_level"
+    DUPLICATE_PROJECT = "duplicate_project"
+    INELIGIBLE_CATEGORY = "ineligible_category"
+    INSUFFICIENT_HOURS = "insufficient_hours"
+    INSUFFICIENT_INSURANCE = "insufficient_insurance"
+    OUTSIDE_HIRE_WINDOW = "outside_hire_window"
+    NOT_STACKABLE = "not_stackable"
+    CERTIFICATE_KIND_NOT_COVERED = "certificate_kind_not_covered"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    AMOUNT_NOT_CONFIGURED = "amount_not_configured"
+    PENSION_ELIGIBLE = "pension_eligible"
+
+
+class ReversalReason(StrEnum):
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    ADVANCE_NOT_EARNED = "advance_not_earned"
+    ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
+
+
+class SubsidyGranted(Payload):
+    grant_id: str
+    person_id: PersonId
+    agency: str
+    subsidy_type: str
+    stage: SubsidyStage
+    amount_fen: Fen
+    payee: Payee
+    fund: str
+    policy: PolicyRef
+    rule: str
+    basis: Basis
+    explanation: str
+
+
+class SubsidyRejected(Payload):
+    person_id: PersonId
+    agency: str
+    subsidy_type: str
+    rule: str
+    basis: Basis
+    reason: RejectionReason
+    explanation: str
+    policy: PolicyRef | None = None  # additive
+
+
+class SubsidyReversed(Payload):
+    grant_id: str
+    person_id: PersonId
+    agency: str
+    amount_fen: Annotated[int, Field(gt=0, strict=True)]
+    reason: ReversalReason
+    explanation: str
+
+
+class BudgetThresholdReached(Payload):
+    agency: str
+    fund: str
+    year: int
+    budget_fen: Fen
+    committed_fen: Fen
+    threshold: float  # a ratio (0.8, 0.9, 1.0), not money
+
+
+# ---- the registry: CloudEvents type -> payload model --------------------------------------
+
+EVENT_TYPES: dict[str, type[Payload]] = {
+    "skills.training.TraineeEnrolled.v1": TraineeEnrolled,
+    "skills.training.AttendanceRecorded.v1": AttendanceRecorded,
+    "skills.training.TrainingFinished.v1": TrainingFinished,
+    "skills.training.EnrollmentWithdrawn.v1": EnrollmentWithdrawnUpstream,
+    "skills.training.WorkTrainingMonthRecorded.v1": WorkTrainingMonthRecorded,
+    "skills.assessment.AssessmentResultRecorded.v1": AssessmentResultRecorded,
+    "skills.assessment.CertificateRevoked.v1": CertificateRevokedUpstream,
+    "skills.enrollment.EnrollmentAccepted.v1": EnrollmentAccepted,
+    "skills.enrollment.EnrollmentRejected.v1": EnrollmentRejected,
+    "skills.enrollment.TrainingCompleted.v1": TrainingCompleted,
+    "skills.enrollment.EnrollmentWithdrawn.v1": EnrollmentWithdrawn,
+    "skills.enrollment.WorkTrainingMonthAccepted.v1": WorkTrainingMonthAccepted,
+    "skills.assessment.AssessmentPassed.v1": AssessmentPassed,
+    "skills.assessment.AssessmentFailed.v1": AssessmentFailed,
+    "skills.assessment.CertificateIssued.v1": CertificateIssued,
+    "skills.assessment.CertificateRevoked.v1": CertificateRevoked,
+    "skills.subsidy.SubsidyGranted.v1": SubsidyGranted,
+    "skills.subsidy.SubsidyRejected.v1": SubsidyRejected,
+    "skills.subsidy.SubsidyReversed.v1": SubsidyReversed,
+    "skills.subsidy.BudgetThresholdReached.v1": BudgetThresholdReached,
+}
+
+TYPE_OF: dict[type[Payload], str] = {model: name for name, model in EVENT_TYPES.items()}
+
+
+def type_name(short: str) -> str:
+    """The full CloudEvents type whose short name (e.g. ``TraineeEnrolled``) is given."""
+    matches = [t for t in EVENT_TYPES if t.split(".")[-2] == short]
+    if len(matches) != 1:
+        raise KeyError(short)
+    return matches[0]
+
+
+def dump(payload: Payload) -> dict[str, Any]:
+    """A payload as the JSON object the contract shows (dates as ISO strings)."""
+    return payload.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""The runtime every service stands on: settings, database, inbox/outbox, batch consumer, HTTP."""

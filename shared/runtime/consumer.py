@@ -1,0 +1,186 @@
+"""The batch consumer: decode, dedupe through the inbox, handle, commit, then commit offsets.
+
+One database transaction per Kafka batch holds the inbox rows of the batch's events, the
+handler's state changes and every outgoing record (events and dead letters, via the outbox).
+Offsets are committed to Kafka only after that transaction commits, so a crash anywhere leads
+to redelivery, which the inbox absorbs: effectively once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from shared.contract.envelope import CloudEvent, DecodeError, decode
+from shared.runtime import metrics
+from shared.runtime.outbox import Outbox, RawRecord, Relay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded event with the record it came in, for dead-lettering or parking."""
+
+    event: CloudEvent
+    record: RawRecord
+
+
+Handler = Callable[[asyncpg.Connection, list[Incoming], Outbox], Awaitable[None]]
+
+
+def decode_records(
+    records: Sequence[RawRecord], agencies: frozenset[str], out: Outbox
+) -> list[Incoming]:
+    """Decode every record; dead-letter the bad ones and in-batch conflicting duplicates."""
+    good: list[Incoming] = []
+    seen: dict[tuple[str, str], bytes] = {}
+    for record in records:
+        try:
+            event = decode(record.value, agencies)
+        except DecodeError as exc:
+            out.dead_letter(record, exc.code, exc.detail)
+            continue
+        metrics.CONSUMED.labels(topic=record.topic, type=event.type).inc()
+        earlier = seen.get(event.key)
+        if earlier is None:
+            seen[event.key] = event.digest
+            good.append(Incoming(event, record))
+        elif earlier == event.digest:
+            metrics.DUPLICATES.inc()
+        else:
+            out.dead_letter(record, "conflicting_duplicate", _conflict_detail(event))
+    return good
+
+
+def _conflict_detail(event: CloudEvent) -> str:
+    return f"source {event.source} id {event.id} was seen before with different content"
+
+
+async def claim(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> list[Incoming]:
+    """Record the batch's ids in the inbox; return only the events never seen before."""
+    if not items:
+        return []
+    rows = await conn.fetch(
+        "INSERT INTO inbox (source, id, digest) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) "
+        "ON CONFLICT DO NOTHING RETURNING source, id",
+        [i.event.source for i in items], [i.event.id for i in items],
+        [i.event.digest for i in items],
+    )
+    fresh = {(r["source"], r["id"]) for r in rows}
+    if len(fresh) == len(items):
+        return items
+    seen = [i for i in items if i.event.key not in fresh]
+    earlier = {
+        (r["source"], r["id"]): bytes(r["digest"])
+        for r in await conn.fetch(
+            "SELECT source, id, digest FROM inbox "
+            "WHERE (source, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [i.event.source for i in seen], [i.event.id for i in seen],
+        )
+    }
+    for item in seen:
+        if earlier.get(item.event.key) == item.event.digest:
+            metrics.DUPLICATES.inc()
+        else:
+            out.dead_letter(item.record, "conflicting_duplicate", _conflict_detail(item.event))
+    return [i for i in items if i.event.key in fresh]
+
+
+class BatchConsumer:
+    """Runs the consume-handle-commit loop for one service."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        pool: asyncpg.Pool,
+        handler: Handler,
+        make_outbox: Callable[[], Outbox],
+        relay: Relay,
+        *,
+        agencies: frozenset[str],
+        max_records: int,
+        timeout_ms: int,
+        crash_after_db_commit: bool = False,
+    ) -> None:
+        self.consumer = consumer
+        self.pool = pool
+        self.handler = handler
+        self.make_outbox = make_outbox
+        self.relay = relay
+        self.agencies = agencies
+        self.max_records = max_records
+        self.timeout_ms = timeout_ms
+        self.crash_after_db_commit = crash_after_db_commit
+        self.healthy = False
+        self.last_poll = 0.0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stopping.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=self.timeout_ms, max_records=self.max_records
+            )
+            self.last_poll = time.monotonic()
+            if not batch:
+                self.healthy = bool(self.consumer.assignment())
+                continue
+            try:
+                await self.process(batch)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The database is unreachable or failed: nothing was committed, so rewind to
+                # the batch's first offsets and try again after a bounded backoff.
+                self.healthy = False
+                log.warning("batch failed, will retry", extra={"error": repr(exc)})
+                for tp, records in batch.items():
+                    self.consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self.healthy = True
+            await self.commit(batch)
+
+    async def process(self, batch: dict[TopicPartition, list]) -> None:
+        started = time.perf_counter()
+        records = [
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value)
+            for records in batch.values() for r in records
+        ]
+        metrics.BATCH_SIZE.observe(len(records))
+        out = self.make_outbox()
+        decoded = decode_records(records, self.agencies, out)
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim(conn, decoded, out)
+            if fresh:
+                await self.handler(conn, fresh, out)
+            await out.flush(conn)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.relay.wake.set()
+        if self.crash_after_db_commit:
+            log.warning("test hook: exiting between database commit and offset commit")
+            os._exit(17)
+
+    async def commit(self, batch: dict[TopicPartition, list]) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away; the new owner re-reads from the last
+            # committed offset and the inbox absorbs what we already stored.
+            log.warning("offset commit failed", extra={"error": repr(exc)})
+        for tp in offsets:
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, highwater - offsets[tp])
+                )

@@ -1,0 +1,85 @@
+"""PostgreSQL access for services: the pool, schema migrations, and the schema-version check.
+
+Each service database has one migration history: the runtime's files (``0000_*``) followed by
+the service's own, applied in file-name order and recorded in ``schema_migrations``. A service
+refuses to start on a database whose schema is behind its code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+
+RUNTIME_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class SchemaBehind(RuntimeError):
+    """The database lacks migrations the code needs; run the service's ``migrate`` command."""
+
+
+def migration_files(service_dir: Path) -> list[Path]:
+    files = sorted(RUNTIME_MIGRATIONS.glob("*.sql")) + sorted(
+        (service_dir / "migrations").glob("*.sql")
+    )
+    return sorted(files, key=lambda p: p.name)
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+async def applied_versions(conn: asyncpg.Connection) -> set[str]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def migrate(dsn: str, service_dir: Path) -> list[str]:
+    """Apply every migration not yet applied, each in its own transaction; return their names."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        # One migrator at a time per database, whichever replica starts first.
+        await conn.execute("SELECT pg_advisory_lock(7261001)")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = await applied_versions(conn)
+        applied = []
+        for path in migration_files(service_dir):
+            if path.stem in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+            applied.append(path.stem)
+        return applied
+    finally:
+        await conn.close()
+
+
+async def check_schema(pool: asyncpg.Pool, service_dir: Path) -> None:
+    async with pool.acquire() as conn:
+        done = await applied_versions(conn)
+    missing = [p.stem for p in migration_files(service_dir) if p.stem not in done]
+    if missing:
+        raise SchemaBehind(
+            f"database schema is behind the code; missing migrations {missing}: "
+            "run `python -m services.<name> migrate` (make up does this)"
+        )
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in ``dsn`` if it does not exist (local stack and tests)."""
+    base, _, name = dsn.rpartition("/")
+    name = name.split("?")[0]
+    conn = await asyncpg.connect(base + "/postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,184 @@
+"""The transactional outbox: rows written in the handler's transaction, published by a relay.
+
+Everything a service sends to Kafka (its events, its dead letters) goes through here, so a
+state change and the events it causes commit together or not at all. The relay publishes rows
+in ``seq`` order with an idempotent producer and deletes them once the broker has acknowledged;
+a crash in between republishes rows whose event ids are deterministic, which consumers dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from shared.contract import envelope
+from shared.contract.events import TYPE_OF, Payload
+from shared.runtime import metrics
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 7261002
+COLUMNS = ("topic", "key", "event_type", "value", "headers")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A Kafka record as received, kept for dead-lettering and parking."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class Outbox:
+    """Rows to write in the current transaction; ``flush`` writes them with one COPY."""
+
+    source: str
+    topic_prefix: str = ""
+    dlq_topic: str = ""
+    rows: list[tuple[str, str, str, bytes, str]] = field(default_factory=list)
+    # Dead letters by the position they came from, so a redelivered bad record is not
+    # dead-lettered twice.
+    dead: list[tuple[tuple[str, int, int], tuple[str, str, str, bytes, str], str]] = field(
+        default_factory=list
+    )
+
+    def publish(
+        self,
+        topic: str,
+        payload: Payload,
+        *,
+        id: str,
+        subject: str,
+        agencyid: str,
+        time: dt.datetime | str,
+        traceparent: str | None = None,
+    ) -> None:
+        value = envelope.encode(
+            payload, id=id, source=self.source, subject=subject, agencyid=agencyid,
+            time=time, traceparent=traceparent,
+        )
+        self.publish_raw(topic, subject, TYPE_OF[type(payload)], value)
+
+    def publish_raw(self, topic: str, key: str, event_type: str, value: bytes) -> None:
+        headers = [[k, v.decode()] for k, v in envelope.headers()]
+        self.rows.append((self.topic_prefix + topic, key, event_type, value, _json(headers)))
+
+    def dead_letter(self, record: RawRecord, code: str, detail: str) -> None:
+        """Send the record, untouched, to the service's DLQ with the contract's headers."""
+        headers = [
+            ["error-code", code],
+            ["error-detail", detail[:1000]],
+            ["original-topic", record.topic],
+            ["original-partition", str(record.partition)],
+            ["original-offset", str(record.offset)],
+        ]
+        key = record.key.decode("utf-8", "replace") if record.key is not None else ""
+        row = (self.dlq_topic, key, "dead_letter", record.value or b"", _json(headers))
+        self.dead.append(((record.topic, record.partition, record.offset), row, code))
+
+    async def flush(self, conn: asyncpg.Connection) -> None:
+        if self.dead:
+            new = await conn.fetch(
+                "INSERT INTO dead_letters (topic, partition, \"offset\") "
+                "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
+                "ON CONFLICT DO NOTHING RETURNING topic, partition, \"offset\"",
+                [p[0] for p, _, _ in self.dead], [p[1] for p, _, _ in self.dead],
+                [p[2] for p, _, _ in self.dead],
+            )
+            fresh = {(r["topic"], r["partition"], r["offset"]) for r in new}
+            for position, row, code in self.dead:
+                if position in fresh:
+                    self.rows.append(row)
+                    metrics.DLQ.labels(code=code).inc()
+            self.dead = []
+        if self.rows:
+            await conn.copy_records_to_table("outbox", records=self.rows, columns=COLUMNS)
+            self.rows = []
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class Relay:
+    """Publishes outbox rows in order; one relay per database holds the lock at a time."""
+
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, batch_size: int) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.batch_size = batch_size
+        self.wake = asyncio.Event()
+        self.healthy = True
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stopping.is_set():
+            try:
+                sent = await self.publish_once()
+                self.healthy = True
+                backoff = 0.1
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.healthy = False
+                log.warning("outbox relay failed, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception as exc:  # a Kafka error: keep the rows, retry with a bound
+                self.healthy = False
+                log.warning("outbox relay could not publish", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent == 0:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+
+    async def publish_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+                return 0
+            rows = await conn.fetch(
+                "SELECT seq, topic, key, event_type, value, headers, created_at FROM outbox "
+                "ORDER BY seq LIMIT $1",
+                self.batch_size,
+            )
+            if not rows:
+                metrics.OUTBOX_BACKLOG.set(0)
+                metrics.OUTBOX_AGE.set(0)
+                return 0
+            metrics.OUTBOX_AGE.set(max(0.0, time.time() - rows[0]["created_at"].timestamp()))
+            futures = []
+            for row in rows:
+                headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
+                futures.append(
+                    await self.producer.send(
+                        row["topic"], value=bytes(row["value"]),
+                        key=row["key"].encode(), headers=headers,
+                    )
+                )
+            await asyncio.gather(*futures)
+            await conn.execute(
+                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
+            )
+            for row in rows:
+                metrics.PUBLISHED.labels(topic=row["topic"], type=row["event_type"]).inc()
+            backlog = await conn.fetchval(
+                "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM outbox"
+            )
+            metrics.OUTBOX_BACKLOG.set(backlog)
+            return len(rows)

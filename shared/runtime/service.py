@@ -1,0 +1,260 @@
+"""The service host: wires settings, database, consumer, relay, HTTP and periodic work together.
+
+Each service describes itself with a :class:`ServiceDefinition` (its topics, its batch handler,
+its HTTP routes, its periodic sweep) and is started by :func:`serve` or the ``cli`` entry
+point: ``python -m services.<name> run|migrate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from shared.contract import topics
+from shared.runtime import db, logs, metrics
+from shared.runtime.consumer import BatchConsumer, Handler
+from shared.runtime.outbox import Outbox, Relay
+from shared.runtime.settings import DEV_PERSON_ID_SECRET, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Sweep = Callable[[asyncpg.Pool, ServiceSettings], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What makes one service different from another; everything else is shared."""
+
+    name: str
+    directory: Path
+    topics: tuple[str, ...]
+    handler: Callable[[ServiceSettings], Handler]
+    routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
+    sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Runtime:
+    """The live parts of a running service, for /readyz and shutdown."""
+
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer
+    batches: BatchConsumer
+    relay: Relay
+    db_ok: bool = True
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        checks = {
+            "database": self.db_ok,
+            "consumer": self.batches.healthy
+            and time.monotonic() - self.batches.last_poll < 30,
+            "relay": self.relay.healthy,
+        }
+        ok = all(checks.values())
+        metrics.READY.set(1 if ok else 0)
+        return ok, checks
+
+
+def http_app(runtime: Runtime | None, routes: list[BaseRoute]) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if runtime is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        ok, checks = runtime.ready()
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if runtime is not None:
+            runtime.ready()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    base = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
+    return Starlette(routes=base + routes)
+
+
+def check_settings(settings: ServiceSettings) -> None:
+    if settings.environment != "development" and settings.person_id_secret == DEV_PERSON_ID_SECRET:
+        raise SystemExit(
+            "PERSON_ID_SECRET is the development default; set a real secret outside development"
+        )
+
+
+async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        try:
+            async with runtime.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            runtime.db_ok = True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            runtime.db_ok = False
+        await _sleep_unless(stopping, 2.0)
+
+
+async def _sweeper(
+    sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, relay: Relay,
+    stopping: asyncio.Event,
+) -> None:
+    while not stopping.is_set():
+        try:
+            await sweep(pool, settings)
+            relay.wake.set()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("sweep failed", extra={"error": repr(exc)})
+        await _sleep_unless(stopping, settings.sweep_interval_seconds)
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None:
+    """Create the contract's topics (with the configured prefix) where they do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.topic(t) for t in topics.ALL_TOPICS if settings.topic(t) not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another replica or service created it first
+    finally:
+        await admin.close()
+
+
+async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
+    """Run the service until SIGTERM/SIGINT."""
+    check_settings(settings)
+    await ensure_topics(settings, settings.topic_partitions)
+    pool = await db.create_pool(settings.database_url, max_size=6)
+    await db.check_schema(pool, definition.directory)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+    )
+    consumer = AIOKafkaConsumer(
+        *(settings.topic(t) for t in definition.topics),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await producer.start()
+    await consumer.start()
+    relay = Relay(pool, producer, settings.relay_batch_size)
+
+    def make_outbox() -> Outbox:
+        return Outbox(
+            source=f"/services/{definition.name}",
+            topic_prefix=settings.topic_prefix,
+            dlq_topic=settings.topic(topics.dlq(definition.name)),
+        )
+
+    batches = BatchConsumer(
+        consumer, pool, definition.handler(settings), make_outbox, relay,
+        agencies=frozenset(settings.agencies),
+        max_records=settings.batch_max_records,
+        timeout_ms=settings.batch_timeout_ms,
+        crash_after_db_commit=settings.crash_after_db_commit,
+    )
+    runtime = Runtime(settings, pool, consumer, producer, batches, relay)
+    app = http_app(runtime, definition.routes(pool, settings))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port,
+            log_level="warning", access_log=False, lifespan="off",
+        )
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    tasks = [
+        asyncio.create_task(batches.run(stopping), name="consumer"),
+        asyncio.create_task(relay.run(stopping), name="relay"),
+        asyncio.create_task(_db_probe(runtime, stopping), name="db-probe"),
+        asyncio.create_task(server.serve(), name="http"),
+        *(
+            asyncio.create_task(_sweeper(s, pool, settings, relay, stopping), name="sweep")
+            for s in definition.sweeps
+        ),
+    ]
+    log.info("service started", extra={"http_port": settings.http_port, "group": settings.group_id})
+    stop_wait = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stop_wait and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception(), extra={"task": task.get_name()})
+            stopping.set()
+    stopping.set()
+    server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await consumer.stop()
+    await producer.stop()
+    await pool.close()
+    log.info("service stopped")
+
+
+def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}")
+    parser.add_argument("command", choices=["run", "migrate"], nargs="?", default="run")
+    parser.add_argument("--migrate", action="store_true", help="with run: migrate first")
+    args = parser.parse_args()
+    settings = settings_cls()
+    logs.configure(definition.name, settings.log_level)
+
+    async def main() -> None:
+        if args.command == "migrate" or args.migrate:
+            await db.ensure_database(settings.database_url)
+            applied = await db.migrate(settings.database_url, definition.directory)
+            log.info("migrations applied", extra={"applied": applied})
+            if args.command == "migrate":
+                return
+        await serve(definition, settings)
+
+    try:
+        asyncio.run(main())
+    except db.SchemaBehind as exc:
+        print(f"{definition.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

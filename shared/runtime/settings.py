@@ -1,0 +1,58 @@
+"""Typed settings shared by every service; each service subclasses with its own env prefix.
+
+Connection settings shared by the whole deployment (Kafka, the person-id secret) are read
+without a prefix; per-service settings (database, HTTP port) carry the service's prefix,
+e.g. ``SUBSIDY_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AGENCIES = ("city-a", "suqian", "baoshan", "beijing")
+DEV_PERSON_ID_SECRET = "dev-only-person-id-secret-change-me"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    service_name: str = "service"
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    topic_prefix: str = Field(
+        "", validation_alias="TOPIC_PREFIX",
+        description="prepended to every topic name; empty in production, unique per test run",
+    )
+    person_id_secret: str = Field(DEV_PERSON_ID_SECRET, validation_alias="PERSON_ID_SECRET")
+    environment: str = Field("development", validation_alias="ENVIRONMENT")
+    agencies: tuple[str, ...] = Field(DEFAULT_AGENCIES, validation_alias="AGENCIES")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    topic_partitions: int = Field(12, validation_alias="TOPIC_PARTITIONS")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/service"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    consumer_group: str = ""
+    auto_offset_reset: str = "earliest"
+    batch_max_records: int = 2000
+    batch_timeout_ms: int = 50
+    relay_batch_size: int = 5000
+    pending_wait_seconds: float = Field(
+        3600.0,
+        description="how long a record referring to something not yet seen waits before it "
+        "is dead-lettered as unknown_reference",
+    )
+    sweep_interval_seconds: float = 5.0
+    crash_after_db_commit: bool = Field(
+        False, description="test hook: exit abruptly after the first batch's database commit, "
+        "before its Kafka offsets are committed",
+    )
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    @property
+    def group_id(self) -> str:
+        return self.consumer_group or f"{self.topic_prefix}{self.service_name}"
