@@ -267,7 +267,7 @@ class Batch:
             ref,
         )
         stored = [
-            Incoming(decode(bytes(r["value"])),
+            Incoming(decode(bytes(r["value"]), topics.TRAINING_UPSTREAM),
                      RawRecord(r["topic"], r["partition"], r["offset"],
                                r["key"].encode() if r["key"] is not None else None, bytes(r["value"])))
             for r in sorted(rows, key=lambda r: r["seq"])

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from shared.contract.events import EVENT_TYPES, TYPE_OF, Payload
+from shared.contract.events import TOPIC_TYPES, TYPE_OF, Payload
 
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_RECORD_BYTES = 256 * 1024
@@ -50,8 +50,9 @@ class CloudEvent:
         return (self.source, self.id)
 
 
-def decode(value: bytes | None, agencies: frozenset[str] | None = None) -> CloudEvent:
-    """Decode one record value; raise DecodeError with the contract's code on any failure."""
+def decode(value: bytes | None, topic: str, agencies: frozenset[str] | None = None) -> CloudEvent:
+    """Decode one record value read from ``topic`` (the contract's name, without any prefix);
+    raise DecodeError with the contract's code on any failure."""
     if value is None:
         raise DecodeError("malformed_json", "record has no value")
     if len(value) > MAX_RECORD_BYTES:
@@ -76,9 +77,11 @@ def decode(value: bytes | None, agencies: frozenset[str] | None = None) -> Cloud
         raise DecodeError("not_cloudevent", f"time {obj['time']!r} is not RFC 3339") from None
     if time.tzinfo is None:
         raise DecodeError("not_cloudevent", f"time {obj['time']!r} has no UTC offset")
-    model = EVENT_TYPES.get(obj["type"])
+    model = TOPIC_TYPES.get(topic, {}).get(obj["type"])
     if model is None:
-        raise DecodeError("unknown_type", f"type {obj['type'][:120]!r} is not in the contract")
+        raise DecodeError(
+            "unknown_type", f"type {obj['type'][:120]!r} is not a contract type of {topic}"
+        )
     if agencies is not None and obj["agencyid"] not in agencies:
         raise DecodeError("unknown_agency", f"agency {obj['agencyid'][:60]!r} has no policy here")
     if not isinstance(obj["data"], dict):

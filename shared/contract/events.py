@@ -384,40 +384,46 @@ class BudgetThresholdReached(Payload):
     threshold: float  # a ratio (0.8, 0.9, 1.0), not money
 
 
-# ---- the registry: CloudEvents type -> payload model --------------------------------------
+# ---- the registry: topic -> CloudEvents type -> payload model ---------------------------
+# Keyed by topic because one type name, skills.assessment.CertificateRevoked.v1, is used with
+# two payloads: the auditor's upstream record and the assessment service's output event.
 
-EVENT_TYPES: dict[str, type[Payload]] = {
-    "skills.training.TraineeEnrolled.v1": TraineeEnrolled,
-    "skills.training.AttendanceRecorded.v1": AttendanceRecorded,
-    "skills.training.TrainingFinished.v1": TrainingFinished,
-    "skills.training.EnrollmentWithdrawn.v1": EnrollmentWithdrawnUpstream,
-    "skills.training.WorkTrainingMonthRecorded.v1": WorkTrainingMonthRecorded,
-    "skills.assessment.AssessmentResultRecorded.v1": AssessmentResultRecorded,
-    "skills.assessment.CertificateRevoked.v1": CertificateRevokedUpstream,
-    "skills.enrollment.EnrollmentAccepted.v1": EnrollmentAccepted,
-    "skills.enrollment.EnrollmentRejected.v1": EnrollmentRejected,
-    "skills.enrollment.TrainingCompleted.v1": TrainingCompleted,
-    "skills.enrollment.EnrollmentWithdrawn.v1": EnrollmentWithdrawn,
-    "skills.enrollment.WorkTrainingMonthAccepted.v1": WorkTrainingMonthAccepted,
-    "skills.assessment.AssessmentPassed.v1": AssessmentPassed,
-    "skills.assessment.AssessmentFailed.v1": AssessmentFailed,
-    "skills.assessment.CertificateIssued.v1": CertificateIssued,
-    "skills.assessment.CertificateRevoked.v1": CertificateRevoked,
-    "skills.subsidy.SubsidyGranted.v1": SubsidyGranted,
-    "skills.subsidy.SubsidyRejected.v1": SubsidyRejected,
-    "skills.subsidy.SubsidyReversed.v1": SubsidyReversed,
-    "skills.subsidy.BudgetThresholdReached.v1": BudgetThresholdReached,
+TOPIC_TYPES: dict[str, dict[str, type[Payload]]] = {
+    "skills.training.upstream": {
+        "skills.training.TraineeEnrolled.v1": TraineeEnrolled,
+        "skills.training.AttendanceRecorded.v1": AttendanceRecorded,
+        "skills.training.TrainingFinished.v1": TrainingFinished,
+        "skills.training.EnrollmentWithdrawn.v1": EnrollmentWithdrawnUpstream,
+        "skills.training.WorkTrainingMonthRecorded.v1": WorkTrainingMonthRecorded,
+    },
+    "skills.assessment.upstream": {
+        "skills.assessment.AssessmentResultRecorded.v1": AssessmentResultRecorded,
+        "skills.assessment.CertificateRevoked.v1": CertificateRevokedUpstream,
+    },
+    "skills.enrollment.events": {
+        "skills.enrollment.EnrollmentAccepted.v1": EnrollmentAccepted,
+        "skills.enrollment.EnrollmentRejected.v1": EnrollmentRejected,
+        "skills.enrollment.TrainingCompleted.v1": TrainingCompleted,
+        "skills.enrollment.EnrollmentWithdrawn.v1": EnrollmentWithdrawn,
+        "skills.enrollment.WorkTrainingMonthAccepted.v1": WorkTrainingMonthAccepted,
+    },
+    "skills.assessment.events": {
+        "skills.assessment.AssessmentPassed.v1": AssessmentPassed,
+        "skills.assessment.AssessmentFailed.v1": AssessmentFailed,
+        "skills.assessment.CertificateIssued.v1": CertificateIssued,
+        "skills.assessment.CertificateRevoked.v1": CertificateRevoked,
+    },
+    "skills.subsidy.events": {
+        "skills.subsidy.SubsidyGranted.v1": SubsidyGranted,
+        "skills.subsidy.SubsidyRejected.v1": SubsidyRejected,
+        "skills.subsidy.SubsidyReversed.v1": SubsidyReversed,
+        "skills.subsidy.BudgetThresholdReached.v1": BudgetThresholdReached,
+    },
 }
 
-TYPE_OF: dict[type[Payload], str] = {model: name for name, model in EVENT_TYPES.items()}
-
-
-def type_name(short: str) -> str:
-    """The full CloudEvents type whose short name (e.g. ``TraineeEnrolled``) is given."""
-    matches = [t for t in EVENT_TYPES if t.split(".")[-2] == short]
-    if len(matches) != 1:
-        raise KeyError(short)
-    return matches[0]
+TYPE_OF: dict[type[Payload], str] = {
+    model: name for types in TOPIC_TYPES.values() for name, model in types.items()
+}
 
 
 def dump(payload: Payload) -> dict[str, Any]:

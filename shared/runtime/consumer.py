@@ -38,14 +38,14 @@ Handler = Callable[[asyncpg.Connection, list[Incoming], Outbox], Awaitable[None]
 
 
 def decode_records(
-    records: Sequence[RawRecord], agencies: frozenset[str], out: Outbox
+    records: Sequence[RawRecord], agencies: frozenset[str], out: Outbox, topic_prefix: str = ""
 ) -> list[Incoming]:
     """Decode every record; dead-letter the bad ones and in-batch conflicting duplicates."""
     good: list[Incoming] = []
     seen: dict[tuple[str, str], bytes] = {}
     for record in records:
         try:
-            event = decode(record.value, agencies)
+            event = decode(record.value, record.topic.removeprefix(topic_prefix), agencies)
         except DecodeError as exc:
             out.dead_letter(record, exc.code, exc.detail)
             continue
@@ -158,7 +158,7 @@ class BatchConsumer:
         ]
         metrics.BATCH_SIZE.observe(len(records))
         out = self.make_outbox()
-        decoded = decode_records(records, self.agencies, out)
+        decoded = decode_records(records, self.agencies, out, out.topic_prefix)
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await claim(conn, decoded, out)
             if fresh:
