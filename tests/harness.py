@@ -267,6 +267,17 @@ class Collector:
     def dead_letters(self, topic: str) -> list[Received]:
         return [r for r in self.records if r.topic == topic]
 
+    def dead_letter_codes(self, topic: str) -> dict[str, list[str]]:
+        """error-codes by the CloudEvents id of each dead letter that has one."""
+        found: dict[str, list[str]] = {}
+        for r in self.dead_letters(topic):
+            try:
+                event_id = orjson.loads(r.value)["id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            found.setdefault(str(event_id), []).append(r.headers["error-code"])
+        return found
+
     async def wait_events(self, topic: str, type_suffix: str, count: int = 1,
                           where: Callable[[dict[str, Any]], bool] = lambda e: True,
                           timeout: float = 30) -> list[dict[str, Any]]:

@@ -183,3 +183,124 @@ async def test_a_crash_between_database_commit_and_offset_commit_loses_and_dupli
     # Exactly one copy per service database: the crash copy published once, the main one once.
     ids = [e["id"] for e in collector.events(OUT, "EnrollmentAccepted.v1", about(ref))]
     assert len(ids) == 2 and len(set(ids)) == 1
+
+
+# ---- the lifecycle: attendance, closing, withdrawal, work months, disorder -------------------
+
+
+async def _enrol(producer: Producer, collector: Collector, **over) -> tuple[str, str]:  # noqa: ANN003
+    ref, nid = b.ref(), b.national_id()
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(ref, nid, **over), subject=ref)
+    await collector.wait_events(OUT, "EnrollmentAccepted.v1", where=about(ref))
+    return ref, nid
+
+
+async def test_finishing_publishes_hours_distinct_days_and_rate_with_replaced_attendance(
+    enrollment, producer, collector
+) -> None:
+    ref, nid = await _enrol(producer, collector)
+    for day in ("2026-03-02", "2026-03-03", "2026-03-04"):
+        await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, day, 8), subject=ref)
+    # A second record for the same date replaces the first; it does not add.
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-04", 4), subject=ref)
+    await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref, "2026-03-20"), subject=ref)
+    [done] = await collector.wait_events(OUT, "TrainingCompleted.v1", where=about(ref))
+    d = done["data"]
+    assert (d["hours_attended"], d["days_attended"], d["completed_on"]) == (20, 3, "2026-03-20")
+    assert d["attendance_rate"] == 0.25
+    assert d["person_id"] == b.pid(nid) and done["subject"] == b.pid(nid)
+    record = enrollment.get(f"/persons/{b.pid(nid)}/record")
+    assert record["enrollments"][0]["status"] == "completed"
+    assert record["enrollments"][0]["days_attended"] == 3
+
+
+async def test_the_first_closing_record_wins_and_later_records_are_ignored(
+    enrollment, producer, collector
+) -> None:
+    ref, _ = await _enrol(producer, collector)
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-02", 6), subject=ref)
+    await producer.event(UP, T + "EnrollmentWithdrawn.v1", b.withdrawn(ref, "2026-03-05"), subject=ref)
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-06", 6), subject=ref)
+    await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref), subject=ref)
+    [gone] = await collector.wait_events(OUT, "EnrollmentWithdrawn.v1", where=about(ref))
+    assert gone["data"]["days_attended"] == 1 and gone["data"]["withdrawn_on"] == "2026-03-05"
+    marker, _ = await _enrol(producer, collector)
+    assert marker
+    assert collector.events(OUT, "TrainingCompleted.v1", about(ref)) == []
+    assert enrollment.get(f"/enrollments/{ref}")["status"] == "withdrawn"
+
+
+async def test_records_before_their_enrollment_wait_and_apply_in_order(enrollment, producer, collector) -> None:
+    ref, nid = b.ref(), b.national_id()
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-02", 8), subject=ref)
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-03", 7), subject=ref)
+    await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref, "2026-03-19"), subject=ref)
+    conn = await enrollment.db()
+    try:
+        await wait_for(lambda: _pending(conn, ref), 30, "the early records to be parked")
+    finally:
+        await conn.close()
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(ref, nid), subject=ref)
+    [done] = await collector.wait_events(OUT, "TrainingCompleted.v1", where=about(ref))
+    assert (done["data"]["hours_attended"], done["data"]["days_attended"]) == (15, 2)
+    kinds = [e["type"].split(".")[-2] for e in collector.events(OUT, "", about(ref))]
+    assert kinds == ["EnrollmentAccepted", "TrainingCompleted"]
+
+
+async def _pending(conn, ref: str) -> bool:  # noqa: ANN001
+    return await conn.fetchval("SELECT count(*) FROM pending WHERE ref = $1", ref) == 3
+
+
+async def test_work_months_are_indexed_by_first_arrival_and_the_first_record_of_a_month_stands(
+    enrollment, producer, collector
+) -> None:
+    ref, _ = await _enrol(producer, collector, course={
+        "training_type": "work_for_training", "start_date": "2026-01-01", "end_date": "2026-12-31",
+        "level": None})
+    for m, wages in (("2026-02", 400000), ("2026-01", 410000), ("2026-02", 999999), ("2026-03", 420000)):
+        await producer.event(UP, T + "WorkTrainingMonthRecorded.v1", b.month(ref, m, wages), subject=ref)
+    months = await collector.wait_events(OUT, "WorkTrainingMonthAccepted.v1", 3, where=about(ref))
+    got = [(e["data"]["month"], e["data"]["month_index"], e["data"]["wages_fen"]) for e in months]
+    assert got == [("2026-02", 1, 400000), ("2026-01", 2, 410000), ("2026-03", 3, 420000)]
+
+
+async def test_invalid_lifecycle_records_are_dead_letters_with_specific_codes(
+    enrollment, producer, collector
+) -> None:
+    ref, _ = await _enrol(producer, collector)
+    bad = {
+        "invalid_hours": (T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-02", 13)),
+        "date_outside_course": (T + "AttendanceRecorded.v1", b.attendance(ref, "2026-04-02", 8)),
+        "finish_before_start": (T + "TrainingFinished.v1", b.finished(ref, "2026-02-01")),
+        "month_outside_enrollment": (T + "WorkTrainingMonthRecorded.v1", b.month(ref, "2026-09")),
+        "institution_mismatch": (T + "AttendanceRecorded.v1",
+                                 {**b.attendance(ref, "2026-03-02"), "institution_id": "INST-X"}),
+    }
+    ids = {}
+    for code, (kind, data) in bad.items():
+        ids[await producer.event(UP, kind, data, subject=ref)] = code
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-02", 0.5), subject=ref)
+
+    await wait_for(
+        lambda: all(collector.dead_letter_codes(DLQ).get(i) == [c] for i, c in ids.items()),
+        30, "lifecycle dead letters",
+    )
+
+
+async def test_a_record_whose_enrollment_never_arrives_is_dead_lettered_as_unknown_reference(
+    enrollment, producer, collector
+) -> None:
+    ghost = b.ref("GHOST")
+    event_id = await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ghost, "2026-03-02"), subject=ghost)
+
+    await wait_for(
+        lambda: collector.dead_letter_codes(DLQ).get(event_id) == ["unknown_reference"],
+        30, "unknown_reference",
+    )
+
+
+async def test_person_lookup_takes_the_national_id_in_the_body(enrollment, producer, collector) -> None:
+    _, nid = await _enrol(producer, collector)
+    assert enrollment.post("/persons/lookup", {"national_id": nid}) == {"person_id": b.pid(nid), "known": True}
+    other = b.national_id()
+    assert enrollment.post("/persons/lookup", {"national_id": other})["known"] is False
