@@ -1,0 +1,62 @@
+"""Query API of the assessment service: public certificate verification and a person's certificates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from services.assessment.config import AssessmentSettings
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _verification(row: asyncpg.Record) -> dict[str, Any]:
+    """What anyone holding a certificate id may learn: no person_id, no personal data."""
+    return {
+        "certificate_id": row["certificate_id"],
+        "status": row["status"],
+        "certificate_kind": row["certificate_kind"],
+        "occupation_code": row["occupation_code"],
+        "level": row["level"],
+        "issued_on": _iso(row["issued_on"]),
+        "revoked_on": _iso(row["revoked_on"]),
+    }
+
+
+def _certificate(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        **_verification(row),
+        "assessment_ref": row["assessment_ref"],
+        "enrollment_ref": row["enrollment_ref"],
+        "revoke_reason": row["revoke_reason"],
+    }
+
+
+def routes(pool: asyncpg.Pool, settings: AssessmentSettings) -> list[BaseRoute]:
+    async def verify(request: Request) -> JSONResponse:
+        row = await pool.fetchrow(
+            "SELECT * FROM certificate WHERE certificate_id = $1", request.path_params["certificate_id"]
+        )
+        if row is None:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse(_verification(row))
+
+    async def person_certificates(request: Request) -> JSONResponse:
+        pid = request.path_params["person_id"]
+        rows = await pool.fetch(
+            "SELECT * FROM certificate WHERE person_id = $1 ORDER BY issued_on, certificate_id", pid
+        )
+        if not rows:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse({"person_id": pid, "certificates": [_certificate(r) for r in rows]})
+
+    return [
+        Route("/certificates/{certificate_id}", verify),
+        Route("/persons/{person_id}/certificates", person_certificates),
+    ]
