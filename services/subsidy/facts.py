@@ -8,6 +8,9 @@ an unsettled advance (POLICY §5 "Advances and reversals").
 
 from __future__ import annotations
 
+import math
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -179,6 +182,16 @@ def _opt_int(value: Any) -> int:
     return 0 if value is None else _int(value)
 
 
+def _whole_hours(value: Any) -> int:
+    """Hours attended, rounded down to whole hours: every threshold (min_hours) is a whole
+    number, and floor(h) >= n exactly when h >= n for a whole n, so no decision changes."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise TypeError(f"a non-negative number of hours expected, got {value!r}")
+    return math.floor(value)
+
+
 def _opt_str(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"string expected, got {value!r}")
@@ -244,7 +257,7 @@ def _completed(data: dict[str, Any], agency: str, time: str) -> TrainingComplete
     return TrainingCompleted(
         enrollment_ref=_str(data["enrollment_ref"]),
         person_id=_str(data["person_id"]),
-        hours_attended=_opt_int(data.get("hours_attended")),
+        hours_attended=_whole_hours(data.get("hours_attended")),
         days_attended=_opt_int(data.get("days_attended")),
         completed_on=_date(data["completed_on"]),
     )
@@ -271,7 +284,10 @@ def _month(data: dict[str, Any], agency: str, time: str) -> WorkMonthAccepted:
     )
 
 
-def _assessment(passed: bool) -> Any:
+Builder = Callable[[dict[str, Any], str, str], "Fact"]
+
+
+def _assessment(passed: bool) -> Builder:
     def build(data: dict[str, Any], agency: str, time: str) -> AssessmentResult:
         return AssessmentResult(
             assessment_ref=_str(data["assessment_ref"]),
@@ -309,7 +325,7 @@ def _revoked(data: dict[str, Any], agency: str, time: str) -> CertificateRevoked
     )
 
 
-_BUILDERS: dict[str, Any] = {
+_BUILDERS: dict[str, Builder] = {
     ENROLLMENT + "EnrollmentAccepted.v1": _accepted,
     ENROLLMENT + "TrainingCompleted.v1": _completed,
     ENROLLMENT + "EnrollmentWithdrawn.v1": _withdrawn,

@@ -141,6 +141,10 @@ class PersonState:
     def live_grants(self) -> list[Grant]:
         return [g for g in self.grant_log if g.live]
 
+    def grant(self, grant_id: str) -> Grant:
+        """The current record of a grant (snapshots taken before a cascade may be stale)."""
+        return next(g for g in self.grant_log if g.grant_id == grant_id)
+
     def put_grant(self, grant: Grant) -> None:
         self.grant_log = [grant if g.grant_id == grant.grant_id else g for g in self.grant_log]
 

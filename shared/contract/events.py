@@ -155,7 +155,7 @@ class AttendanceRecorded(Payload):
     enrollment_ref: Ref
     institution_id: Ref
     date: dt.date
-    hours: float  # range (0, 12] is a business check with its own DLQ code
+    hours: int | float  # range (0, 12] is a business check with its own DLQ code
 
 
 class TrainingFinished(Payload):
@@ -230,7 +230,7 @@ class TrainingCompleted(Payload):
     enrollment_ref: Ref
     person_id: PersonId
     course: Course
-    hours_attended: float
+    hours_attended: int | float  # whole hours stay integers in JSON
     days_attended: int
     attendance_rate: Annotated[float, Field(ge=0, le=1)]
     completed_on: dt.date

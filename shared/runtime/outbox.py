@@ -65,13 +65,31 @@ class Outbox:
         time: dt.datetime | str,
         traceparent: str | None = None,
     ) -> None:
-        value = envelope.encode(
-            payload, id=id, source=self.source, subject=subject, agencyid=agencyid,
+        self.publish_json(
+            topic, TYPE_OF[type(payload)], payload.model_dump(mode="json"), id=id,
+            subject=subject, agencyid=agencyid, time=time, traceparent=traceparent,
+        )
+
+    def publish_json(
+        self,
+        topic: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        id: str,
+        subject: str,
+        agencyid: str,
+        time: dt.datetime | str,
+        traceparent: str | None = None,
+    ) -> None:
+        """Publish a payload already in its JSON form (the subsidy engine's outputs)."""
+        value = envelope.encode_raw(
+            event_type, data, id=id, source=self.source, subject=subject, agencyid=agencyid,
             time=time, traceparent=traceparent,
         )
-        self.publish_raw(topic, subject, TYPE_OF[type(payload)], value)
+        self._append(topic, subject, event_type, value)
 
-    def publish_raw(self, topic: str, key: str, event_type: str, value: bytes) -> None:
+    def _append(self, topic: str, key: str, event_type: str, value: bytes) -> None:
         headers = [[k, v.decode()] for k, v in envelope.headers()]
         self.rows.append((self.topic_prefix + topic, key, event_type, value, _json(headers)))
 

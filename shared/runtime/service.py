@@ -49,6 +49,7 @@ class ServiceDefinition:
     handler: Callable[[ServiceSettings], Handler]
     routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
+    on_start: Sweep | None = None  # one-off work once the database is reachable
 
 
 @dataclass
@@ -160,6 +161,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     await ensure_topics(settings, settings.topic_partitions)
     pool = await db.create_pool(settings.database_url, max_size=6)
     await db.check_schema(pool, definition.directory)
+    if definition.on_start is not None:
+        await definition.on_start(pool, settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_idempotence=True,

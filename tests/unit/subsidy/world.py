@@ -52,8 +52,9 @@ class World:
     """Facts for one or more persons, decided in the order the test sends them."""
 
     def __init__(self, policies: PolicySet = DEFAULT_POLICIES,
-                 budgets: BudgetLedger | None = None) -> None:
+                 budgets: BudgetLedger | None = None, *, record_only: bool = False) -> None:
         self.policies = policies
+        self.record_only = record_only
         self.budgets = budgets or BudgetLedger()
         self.states: dict[str, PersonState] = {}
         self.outputs: list[Output] = []
@@ -69,6 +70,8 @@ class World:
 
     def apply(self, fact: Fact) -> list[Output]:
         self.facts.append(fact)
+        if self.record_only:
+            return []
         state = self.states.get(fact.person_id) or PersonState.empty(fact.person_id)
         self.states[fact.person_id], outputs = decide(self.policies, state, fact, self.budgets)
         self.outputs.extend(outputs)

@@ -1,0 +1,170 @@
+"""Query API of the subsidy service: a person's decisions, an agency's summary and ledger (台账)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from services.subsidy.policy import PolicySet
+from services.subsidy.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
+
+LEDGER_COLUMNS = (
+    "decided_on", "event_type", "event_id", "person_id", "rule", "stage", "reason",
+    "amount_fen", "fund", "payee_kind", "grant_id",
+)
+MAX_PAGE_SIZE = 1000
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _date(value: str | None, default: dt.date) -> dt.date:
+    return dt.date.fromisoformat(value) if value else default
+
+
+def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
+    async def person(request: Request) -> Response:
+        pid = request.path_params["person_id"]
+        raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
+        if raw is None:
+            return _error(404, "not_found", f"no subsidy decisions for {pid}")
+        state = PersonState.from_json(orjson.loads(raw))
+        live = {g.grant_id for g in live_grants(state)}
+        return JSONResponse({
+            "person_id": pid,
+            "grants": [{**g.to_payload(), "live": g.grant_id in live} for g in grants(state)],
+            "rejections": [r.to_payload() for r in rejections(state)],
+            "reversals": [r.to_payload() for r in reversals(state)],
+            "pending": [
+                {**dataclasses.asdict(p), "kind": p.kind.value, "since": p.since.isoformat()}
+                for p in pending_items(state)
+            ],
+        })
+
+    async def summary(request: Request) -> Response:
+        agency = request.path_params["agency"]
+        if agency not in policies.agencies():
+            return _error(404, "unknown_agency", f"no policy for agency {agency!r}")
+        try:
+            year = int(request.query_params.get("year", dt.date.today().year))
+        except ValueError:
+            return _error(422, "invalid_year", "year must be a number such as 2026")
+        first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
+        rows = await pool.fetch(
+            "SELECT event_type, rule, fund, payee_kind, reason, count(*) AS n,"
+            " sum(amount_fen)::bigint AS fen FROM decision"
+            " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3"
+            " GROUP BY event_type, rule, fund, payee_kind, reason",
+            agency, first, last,
+        )
+        by: dict[str, dict[str, dict[str, int]]] = {"rule": {}, "fund": {}, "payee_kind": {}}
+        rejected: dict[str, int] = {}
+        reversed_: dict[str, dict[str, int]] = {}
+        totals = {"grants": 0, "granted_fen": 0, "reversals": 0, "reversed_fen": 0, "rejections": 0}
+        for r in rows:
+            if r["event_type"] == "granted":
+                totals["grants"] += r["n"]
+                totals["granted_fen"] += r["fen"]
+                for dim in by:
+                    entry = by[dim].setdefault(r[dim] or "-", {"count": 0, "amount_fen": 0})
+                    entry["count"] += r["n"]
+                    entry["amount_fen"] += r["fen"]
+            elif r["event_type"] == "rejected":
+                totals["rejections"] += r["n"]
+                rejected[r["reason"]] = rejected.get(r["reason"], 0) + r["n"]
+            else:
+                totals["reversals"] += r["n"]
+                totals["reversed_fen"] -= r["fen"]
+                entry = reversed_.setdefault(r["reason"], {"count": 0, "amount_fen": 0})
+                entry["count"] += r["n"]
+                entry["amount_fen"] -= r["fen"]
+        ledger = BudgetLedger.from_json(
+            orjson.loads(await pool.fetchval("SELECT state FROM budget_ledger WHERE id = 1"))
+        )
+        return JSONResponse({
+            "agency": agency, "year": year, **totals,
+            "net_fen": totals["granted_fen"] - totals["reversed_fen"],
+            "by_rule": by["rule"], "by_fund": by["fund"], "by_payee_kind": by["payee_kind"],
+            "rejections_by_reason": rejected, "reversals_by_reason": reversed_,
+            "budgets": _budgets(policies, ledger, agency, year),
+        })
+
+    async def ledger(request: Request) -> Response:
+        agency = request.path_params["agency"]
+        if agency not in policies.agencies():
+            return _error(404, "unknown_agency", f"no policy for agency {agency!r}")
+        q = request.query_params
+        try:
+            start = _date(q.get("from"), dt.date(1900, 1, 1))
+            end = _date(q.get("to"), dt.date(9999, 12, 31))
+            page = max(1, int(q.get("page", 1)))
+            size = min(MAX_PAGE_SIZE, max(1, int(q.get("page_size", 100))))
+        except ValueError:
+            return _error(422, "invalid_query", "from/to are YYYY-MM-DD, page and page_size numbers")
+        as_csv = request.url.path.endswith(".csv")
+        sql = (
+            "SELECT " + ", ".join(LEDGER_COLUMNS) + " FROM decision"
+            " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3 ORDER BY decided_on, seq"
+        )
+        if as_csv:
+            rows = await pool.fetch(sql, agency, start, end)
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(LEDGER_COLUMNS)
+            for r in rows:
+                writer.writerow([_cell(r[c]) for c in LEDGER_COLUMNS])
+            return Response(
+                buffer.getvalue(), media_type="text/csv; charset=utf-8",
+                headers={"content-disposition": f'attachment; filename="ledger-{agency}.csv"'},
+            )
+        rows = await pool.fetch(sql + " LIMIT $4 OFFSET $5", agency, start, end, size + 1, (page - 1) * size)
+        return JSONResponse({
+            "agency": agency, "from": start.isoformat(), "to": end.isoformat(), "page": page,
+            "page_size": size, "has_more": len(rows) > size,
+            "entries": [{c: _cell(r[c]) for c in LEDGER_COLUMNS} for r in rows[:size]],
+        })
+
+    async def policy_loads(request: Request) -> Response:
+        rows = await pool.fetch(
+            "SELECT content_hash, agency, version, source, loaded_at FROM policy_load ORDER BY loaded_at"
+        )
+        return JSONResponse([{k: _cell(v) for k, v in dict(r).items()} for r in rows])
+
+    return [
+        Route("/persons/{person_id}/subsidies", person),
+        Route("/agencies/{agency}/summary", summary),
+        Route("/agencies/{agency}/ledger", ledger),
+        Route("/agencies/{agency}/ledger.csv", ledger),
+        Route("/policies/loads", policy_loads),
+    ]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def _budgets(policies: PolicySet, ledger: BudgetLedger, agency: str, year: int) -> dict[str, dict[str, int | None]]:
+    policy = policies.for_date(agency, dt.date(year, 12, 31))
+    funds = set(policy.budgets) if policy is not None else set()
+    funds |= {k.split("|")[1] for k in ledger.funds if k.startswith(f"{agency}|") and k.endswith(f"|{year}")}
+    result = {}
+    for fund in sorted(funds):
+        budget = policy.budget_fen(fund, year) if policy is not None else None
+        committed = ledger.committed_fen(agency, fund, year)
+        result[fund] = {
+            "budget_fen": budget, "committed_fen": committed,
+            "remaining_fen": None if budget is None else budget - committed,
+        }
+    return result

@@ -1,0 +1,18 @@
+"""Settings of the subsidy service (env prefix SUBSIDY_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.runtime.settings import ServiceSettings
+
+
+class SubsidySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SUBSIDY_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "subsidy"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/subsidy"
+    http_port: int = 8003
+    policy_dir: Path = Path(__file__).with_name("policies")

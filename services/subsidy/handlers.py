@@ -1,0 +1,163 @@
+"""Batch handler of the subsidy service: load the batch's persons, decide with the engine, record.
+
+Per Kafka batch, in one transaction: lock and load the state of every person in the batch and
+the budget ledger, apply each fact in order through the pure engine (services.subsidy.domain),
+then write the states, the decision ledger and the outgoing events with bulk statements. The
+engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import asyncpg
+import orjson
+
+from shared.contract import events as ev
+from shared.contract import topics
+from shared.runtime.consumer import Handler, Incoming
+from shared.runtime.outbox import Outbox
+from services.subsidy import metrics
+from services.subsidy.config import SubsidySettings
+from services.subsidy.domain import decide
+from services.subsidy.facts import FactError, fact_from_event
+from services.subsidy.outputs import Output, SubsidyGranted, SubsidyRejected, SubsidyReversed
+from services.subsidy.policy import PolicySet
+from services.subsidy.state import BudgetLedger, PersonState
+
+log = logging.getLogger(__name__)
+
+DECISION_COLUMNS = (
+    "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason", "amount_fen",
+    "fund", "payee_kind", "grant_id", "decided_on", "payload",
+)
+
+
+def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]]) -> tuple | None:
+    """The ledger row of one output (None for budget notices, which are not decisions)."""
+    payload = orjson.dumps(output.to_payload()).decode()
+    if isinstance(output, SubsidyGranted):
+        funds[output.grant_id] = (output.fund, output.payee_kind)
+        return (output.event_id, "granted", output.person_id, output.agency, output.rule,
+                output.stage.value, None, output.amount_fen, output.fund, output.payee_kind,
+                output.grant_id, decided_on, payload)
+    if isinstance(output, SubsidyRejected):
+        return (output.event_id, "rejected", output.person_id, output.agency, output.rule, None,
+                output.reason.value, 0, None, None, None, decided_on, payload)
+    if isinstance(output, SubsidyReversed):
+        fund, payee_kind = funds.get(output.grant_id, (None, None))
+        return (output.event_id, "reversed", output.person_id, output.agency, output.rule, None,
+                output.reason.value, -output.amount_fen, fund, payee_kind, output.grant_id,
+                decided_on, payload)
+    return None
+
+
+def count(output: Output) -> None:
+    if isinstance(output, SubsidyGranted):
+        metrics.GRANTS.labels(output.agency, output.rule, output.fund).inc()
+        metrics.GRANTED_FEN.labels(output.agency, output.rule, output.fund).inc(output.amount_fen)
+    elif isinstance(output, SubsidyRejected):
+        metrics.REJECTIONS.labels(output.agency, output.reason.value).inc()
+    elif isinstance(output, SubsidyReversed):
+        metrics.REVERSALS.labels(output.agency, output.reason.value).inc()
+        metrics.REVERSED_FEN.labels(output.agency, output.reason.value).inc(output.amount_fen)
+
+
+async def load_states(conn: asyncpg.Connection, persons: list[str]) -> dict[str, PersonState]:
+    rows = await conn.fetch(
+        "SELECT person_id, state FROM person_state WHERE person_id = ANY($1::text[]) "
+        "ORDER BY person_id FOR UPDATE",
+        persons,
+    )
+    return {r["person_id"]: PersonState.from_json(orjson.loads(r["state"])) for r in rows}
+
+
+async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:
+    # One row, locked for the batch: budgets are the only state shared across persons, so
+    # replicas serialise here and nowhere else.
+    raw = await conn.fetchval("SELECT state FROM budget_ledger WHERE id = 1 FOR UPDATE")
+    return BudgetLedger.from_json(orjson.loads(raw))
+
+
+def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
+    async def handle_batch(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        persons = sorted({p for i in items if (p := getattr(i.event.data, "person_id", None))})
+        states = await load_states(conn, persons)
+        ledger = await load_ledger(conn)
+        ledger_before = ledger.to_json()
+        touched: dict[str, PersonState] = {}
+        rows: list[tuple] = []
+        funds: dict[str, tuple[str, str]] = {}
+        for item in items:
+            event = item.event
+            try:
+                fact = fact_from_event(event.type, ev.dump(event.data), event.agencyid,
+                                       event.time.isoformat())
+            except FactError as exc:
+                out.dead_letter(item.record, "schema_violation", str(exc))
+                continue
+            if fact is None:
+                continue
+            state = states.get(fact.person_id) or PersonState.empty(fact.person_id)
+            state, outputs = decide(policies, state, fact, ledger)
+            states[fact.person_id] = touched[fact.person_id] = state
+            for output in outputs:
+                out.publish_json(
+                    topics.SUBSIDY_EVENTS, output.event_type, output.to_payload(),
+                    id=output.event_id, subject=output.key, agencyid=output.agency,
+                    time=event.time, traceparent=event.traceparent,
+                )
+                row = decision_row(output, event.time.date(), funds)
+                if row is not None:
+                    rows.append(row)
+                count(output)
+        await _resolve_reversed_funds(conn, rows, funds)
+        if touched:
+            await conn.execute(
+                "INSERT INTO person_state (person_id, state) "
+                "SELECT * FROM unnest($1::text[], $2::jsonb[]) "
+                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state, updated_at = now()",
+                list(touched), [orjson.dumps(s.to_json()).decode() for s in touched.values()],
+            )
+        if rows:
+            await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
+        ledger_after = ledger.to_json()
+        if ledger_after != ledger_before:
+            await conn.execute(
+                "UPDATE budget_ledger SET state = $1::jsonb WHERE id = 1",
+                orjson.dumps(ledger_after).decode(),
+            )
+            publish_budget_gauges(ledger, policies)
+
+    return handle_batch
+
+
+async def _resolve_reversed_funds(
+    conn: asyncpg.Connection, rows: list[tuple], funds: dict[str, tuple[str, str]]
+) -> None:
+    """Fill the fund of reversals whose grant was decided in an earlier batch (one query)."""
+    missing = [r[10] for r in rows if r[1] == "reversed" and r[8] is None]
+    if not missing:
+        return
+    for r in await conn.fetch(
+        "SELECT grant_id, fund, payee_kind FROM decision "
+        "WHERE event_type = 'granted' AND grant_id = ANY($1::text[])",
+        missing,
+    ):
+        funds[r["grant_id"]] = (r["fund"], r["payee_kind"])
+    for index, row in enumerate(rows):
+        if row[1] == "reversed" and row[8] is None and row[10] in funds:
+            fund, payee_kind = funds[row[10]]
+            rows[index] = row[:8] + (fund, payee_kind) + row[10:]
+
+
+def publish_budget_gauges(ledger: BudgetLedger, policies: PolicySet) -> None:
+    for key, entry in ledger.funds.items():
+        agency, fund, year = key.split("|")
+        metrics.BUDGET_COMMITTED.labels(agency, fund, year).set(entry.committed_fen)
+        policy = policies.for_date(agency, dt.date(int(year), 12, 31))
+        budget = policy.budget_fen(fund, int(year)) if policy is not None else None
+        if budget is not None:
+            metrics.BUDGET_REMAINING.labels(agency, fund, year).set(budget - entry.committed_fen)
+
