@@ -39,7 +39,10 @@ start() {
     if running "$s"; then log "$s: already running (pid $(cat "$DIR/$s.pid"))"; continue; fi
     (cd "$ROOT" && "$PY" -m "services.$s" migrate >>"$DIR/$s.log" 2>&1) \
       || { tail -n 20 "$DIR/$s.log" >&2; die "$s: migration failed (log: $DIR/$s.log)"; }
-    (cd "$ROOT" && nohup "$PY" -m "services.$s" run >>"$DIR/$s.log" 2>&1 & echo $! >"$DIR/$s.pid")
+    # No subshell around the background job: it would keep the caller's stdout open.
+    cd "$ROOT"
+    nohup "$PY" -m "services.$s" run >>"$DIR/$s.log" 2>&1 </dev/null &
+    echo $! >"$DIR/$s.pid"
   done
   local deadline=$((SECONDS + 90))
   for s in "${SERVICES[@]}"; do

@@ -16,6 +16,8 @@ Output event ids: ``assessment-passed/<assessment_ref>``, ``assessment-failed/<a
 
 from __future__ import annotations
 
+import datetime as dt
+
 import logging
 from collections.abc import Iterable
 
@@ -373,7 +375,7 @@ def make_handler(settings: AssessmentSettings) -> Handler:
     return handle_batch
 
 
-async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings) -> None:
+async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings, cutoff: dt.datetime) -> None:
     """Dead-letter records that waited longer than the waiting period (unknown_reference).
 
     A result that expires gives up its claim on the assessment_ref, so a corrected record may
@@ -382,9 +384,9 @@ async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings) -> No
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
         rows = await conn.fetch(
-            "DELETE FROM pending WHERE received_at < now() - make_interval(secs => $1) "
+            "DELETE FROM pending WHERE received_at < $1 "
             "RETURNING seq, ref, topic, partition, \"offset\", key, value",
-            settings.pending_wait_seconds,
+            cutoff,
         )
         out = Outbox(source="/services/assessment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("assessment")))

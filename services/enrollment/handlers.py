@@ -367,13 +367,13 @@ def make_handler(settings: EnrollmentSettings) -> Handler:
     return handle_batch
 
 
-async def expire_pending(pool: asyncpg.Pool, settings: EnrollmentSettings) -> None:
+async def expire_pending(pool: asyncpg.Pool, settings: EnrollmentSettings, cutoff: dt.datetime) -> None:
     """Dead-letter records that waited longer than the waiting period (unknown_reference)."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            "DELETE FROM pending WHERE received_at < now() - make_interval(secs => $1) "
+            "DELETE FROM pending WHERE received_at < $1 "
             "RETURNING ref, topic, partition, \"offset\", key, value",
-            settings.pending_wait_seconds,
+            cutoff,
         )
         out = Outbox(source="/services/enrollment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("enrollment")))

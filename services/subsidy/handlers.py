@@ -116,7 +116,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         if touched:
             await conn.execute(
                 "INSERT INTO person_state (person_id, state) "
-                "SELECT * FROM unnest($1::text[], $2::jsonb[]) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) "
                 "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state, updated_at = now()",
                 list(touched), [orjson.dumps(s.to_json()).decode() for s in touched.values()],
             )

@@ -123,6 +123,10 @@ class BatchConsumer:
         self.crash_after_db_commit = crash_after_db_commit
         self.healthy = False
         self.last_poll = 0.0
+        # Wall-clock time at which every assigned partition was last seen fully processed;
+        # records parked before (this - waiting period) may be given up on (see Sweep).
+        self.caught_up_at = 0.0
+        self.next_offsets: dict[TopicPartition, int] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.2
@@ -133,6 +137,8 @@ class BatchConsumer:
             self.last_poll = time.monotonic()
             if not batch:
                 self.healthy = bool(self.consumer.assignment())
+                if self.healthy:
+                    self.caught_up_at = time.time()
                 continue
             try:
                 await self.process(batch)
@@ -171,16 +177,24 @@ class BatchConsumer:
             os._exit(17)
 
     async def commit(self, batch: dict[TopicPartition, list]) -> None:
+        fetched_at = time.time()
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        self.next_offsets.update(offsets)
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions away; the new owner re-reads from the last
             # committed offset and the inbox absorbs what we already stored.
             log.warning("offset commit failed", extra={"error": repr(exc)})
-        for tp in offsets:
+        behind = 0
+        for tp in self.consumer.assignment():
+            if tp not in self.next_offsets:
+                self.next_offsets[tp] = await self.consumer.position(tp)
             highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(0, highwater - offsets[tp])
-                )
+            if highwater is None:
+                continue
+            lag = max(0, highwater - self.next_offsets[tp])
+            behind += lag
+            metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        if behind == 0:
+            self.caught_up_at = fetched_at

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import signal
 import sys
@@ -36,7 +37,11 @@ from shared.runtime.settings import DEV_PERSON_ID_SECRET, ServiceSettings
 
 log = logging.getLogger(__name__)
 
-Sweep = Callable[[asyncpg.Pool, ServiceSettings], Awaitable[None]]
+# Periodic work given the cutoff before which parked records may be dead-lettered: the
+# waiting period counts only while the service keeps up, so a backlog never expires records
+# whose reference is still queued behind it.
+Sweep = Callable[[asyncpg.Pool, ServiceSettings, dt.datetime], Awaitable[None]]
+OnStart = Callable[[asyncpg.Pool, ServiceSettings], Awaitable[None]]
 
 
 @dataclass
@@ -49,7 +54,7 @@ class ServiceDefinition:
     handler: Callable[[ServiceSettings], Handler]
     routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
-    on_start: Sweep | None = None  # one-off work once the database is reachable
+    on_start: OnStart | None = None  # one-off work once the database is reachable
 
 
 @dataclass
@@ -118,12 +123,13 @@ async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
 
 
 async def _sweeper(
-    sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, relay: Relay,
-    stopping: asyncio.Event,
+    sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, batches: BatchConsumer,
+    relay: Relay, stopping: asyncio.Event,
 ) -> None:
     while not stopping.is_set():
+        cutoff = min(time.time(), batches.caught_up_at) - settings.pending_wait_seconds
         try:
-            await sweep(pool, settings)
+            await sweep(pool, settings, dt.datetime.fromtimestamp(max(cutoff, 0), dt.UTC))
             relay.wake.set()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("sweep failed", extra={"error": repr(exc)})
@@ -219,7 +225,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         asyncio.create_task(_db_probe(runtime, stopping), name="db-probe"),
         asyncio.create_task(server.serve(), name="http"),
         *(
-            asyncio.create_task(_sweeper(s, pool, settings, relay, stopping), name="sweep")
+            asyncio.create_task(_sweeper(s, pool, settings, batches, relay, stopping), name="sweep")
             for s in definition.sweeps
         ),
     ]

@@ -2,7 +2,9 @@
 
 CREATE TABLE person_state (
     person_id  text PRIMARY KEY,
-    state      jsonb NOT NULL,
+    -- JSON text, not jsonb: jsonb reorders object keys, and the engine's state keeps facts in
+    -- arrival order (ties such as "latest start first" fall back to that order).
+    state      text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 

@@ -1,0 +1,185 @@
+"""End to end: a seeded population through all three services equals the offline oracle exactly.
+
+Phase 1 streams every training record and waits until the enrollment service has published
+everything and the assessment and subsidy services have consumed it; phase 2 streams every
+assessment record and waits until the subsidy service has consumed everything. Each person's
+records go to one partition (their lane), so each service sees them in the order the oracle
+(tools.expected) assumes: per-person decisions are first come, first served (POLICY §3.1).
+
+E2E_PERSONS (default 10000: about 90 s on a 2-core box), E2E_SEED (default 20260301) and E2E_DISORDER (default 1) override.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import TopicPartition
+
+from shared.contract import topics
+from shared.contract.envelope import headers
+from services.subsidy.policy import load_policy_dir
+from tests.harness import ROOT, SECRET, Collector, Producer, ServiceProcess, Stack, wait_for
+from tools.expected import Out, Outcome, expected_outcome
+from tools.population import Population, Record
+from tools.simulate import simulate
+
+pytestmark = pytest.mark.e2e
+
+PERSONS = int(os.environ.get("E2E_PERSONS", "10000"))
+SEED = int(os.environ.get("E2E_SEED", "20260301"))
+DISORDER = os.environ.get("E2E_DISORDER", "1") != "0"
+PARTITIONS = 4
+SERVICES = ("enrollment", "assessment", "subsidy")
+OUTPUTS = (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_EVENTS)
+DLQS = tuple(topics.dlq(s) for s in SERVICES)
+
+
+@pytest.fixture(scope="module")
+async def world() -> AsyncIterator[tuple[Stack, dict[str, ServiceProcess]]]:
+    stack = Stack()
+    await stack.create_topics(PARTITIONS)
+    services = {name: ServiceProcess(name, stack).start() for name in SERVICES}
+    try:
+        for service in services.values():
+            await service.wait_ready()
+        yield stack, services
+    finally:
+        for service in services.values():
+            service.stop()
+        await stack.drop_databases()
+
+
+async def produce(producer: Producer, topic: str, pop: Population, records: list[Record]) -> None:
+    """Send in bulk, each person's records to their lane's partition, then await every ack."""
+    send = producer.producer.send
+    name = producer.stack.topic(topic)
+    futures = []
+    for record in records:
+        futures.append(await send(name, value=record.value, key=record.key.encode(),
+                                  partition=pop.lane(record.key) % PARTITIONS, headers=headers()))
+    await asyncio.gather(*futures)
+
+
+async def scalar(service: ServiceProcess, sql: str) -> Any:
+    conn = await service.db()
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def caught_up(collector: Collector) -> bool:
+    """The collector has read every record written so far to its topics."""
+    assignment = list(collector.consumer.assignment())
+    if not assignment:
+        return False
+    ends = await collector.consumer.end_offsets(assignment)
+    for tp in assignment:
+        if await collector.consumer.position(tp) < ends[tp]:
+            return False
+    return True
+
+
+def published(collector: Collector, topic: str) -> list[dict[str, Any]]:
+    return [r.event for r in collector.records if r.topic == topic]
+
+
+def count(collector: Collector, topic: str) -> int:
+    return sum(1 for r in collector.records if r.topic == topic)
+
+
+def as_set(events: list[Out] | list[dict[str, Any]]) -> Counter[tuple[str, str, bytes]]:
+    """Events by (type, id, data) with the data canonicalised (sorted keys)."""
+    found: Counter[tuple[str, str, bytes]] = Counter()
+    for e in events:
+        if isinstance(e, Out):
+            found[(e.type, e.id, orjson.dumps(e.data, option=orjson.OPT_SORT_KEYS))] += 1
+        else:
+            found[(e["type"], e["id"], orjson.dumps(e["data"], option=orjson.OPT_SORT_KEYS))] += 1
+    return found
+
+
+def diff(label: str, got: Counter[Any], want: Counter[Any]) -> str:
+    extra, missing = got - want, want - got
+    return (f"{label}: {sum(got.values())} published, {sum(want.values())} expected; "
+            f"{sum(extra.values())} unexpected e.g. {list(extra)[:3]}; "
+            f"{sum(missing.values())} missing e.g. {list(missing)[:3]}")
+
+
+def without_detail(bag: Counter[tuple[str, str, bytes]]) -> Counter[tuple[str, str, bytes]]:
+    """A rejection's detail is free text: compare everything else."""
+    found: Counter[tuple[str, str, bytes]] = Counter()
+    for (type, id, data), n in bag.items():
+        if type.endswith("EnrollmentRejected.v1"):
+            data = orjson.dumps(dict(orjson.loads(data), detail=""), option=orjson.OPT_SORT_KEYS)
+        found[(type, id, data)] += n
+    return found
+
+
+def dead_letter_codes(collector: Collector, topic: str) -> Counter[str]:
+    return Counter(r.headers.get("error-code", "") for r in collector.dead_letters(topic))
+
+
+def per_person_order(events: list[Out] | list[dict[str, Any]]) -> dict[str, list[str]]:
+    order: dict[str, list[str]] = {}
+    for e in events:
+        key, id = (e.key, e.id) if isinstance(e, Out) else (e["subject"], e["id"])
+        order.setdefault(key, []).append(id)
+    return order
+
+
+async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> None:
+    stack, services = world
+    pop = simulate(PERSONS, SEED, disorder=DISORDER)
+    oracle: Outcome = expected_outcome(pop, load_policy_dir(ROOT / "services/subsidy/policies"), SECRET)
+    n_enrollment = len(oracle.enrollment.events)
+    n_assessment = len(oracle.assessment.events)
+    enrollment_dead = sum(oracle.enrollment.dead_letters.values())
+    assessment_dead = sum(oracle.assessment.dead_letters.values())
+    budget = 60 + PERSONS / 20  # seconds per phase
+
+    async with Producer(stack) as producer, Collector(stack, OUTPUTS + DLQS) as collector:
+        await produce(producer, topics.TRAINING_UPSTREAM, pop, pop.training)
+        await wait_for(lambda: count(collector, topics.ENROLLMENT_EVENTS) >= n_enrollment
+                       and count(collector, DLQS[0]) >= enrollment_dead,
+                       budget, f"{n_enrollment} enrollment events and {enrollment_dead} dead letters")
+        for name in ("assessment", "subsidy"):
+            await wait_for(lambda s=services[name]: _count(s, "SELECT count(*) FROM inbox", n_enrollment),
+                           budget, f"{name} consumed the {n_enrollment} enrollment events")
+
+        await produce(producer, topics.ASSESSMENT_UPSTREAM, pop, pop.assessment)
+        await wait_for(lambda: count(collector, topics.ASSESSMENT_EVENTS) >= n_assessment
+                       and count(collector, DLQS[1]) >= assessment_dead,
+                       budget, f"{n_assessment} assessment events and {assessment_dead} dead letters")
+        await wait_for(lambda: _count(services["subsidy"], "SELECT count(*) FROM inbox",
+                                      n_enrollment + n_assessment),
+                       budget, "the subsidy service consumed every internal event")
+        await wait_for(lambda: _count(services["subsidy"], "SELECT count(*) = 0 FROM outbox", 1),
+                       budget, "the subsidy outbox drained")
+        await wait_for(lambda: caught_up(collector), 30, "the collector caught up")
+
+        enrollment = published(collector, topics.ENROLLMENT_EVENTS)
+        assessment = published(collector, topics.ASSESSMENT_EVENTS)
+        subsidy = published(collector, topics.SUBSIDY_EVENTS)
+        want_enrollment = without_detail(as_set(oracle.enrollment.events))
+        got_enrollment = without_detail(as_set(enrollment))
+        assert got_enrollment == want_enrollment, diff("enrollment", got_enrollment, want_enrollment)
+        assert as_set(assessment) == as_set(oracle.assessment.events), diff(
+            "assessment", as_set(assessment), as_set(oracle.assessment.events))
+        assert as_set(subsidy) == as_set(oracle.subsidy), diff(
+            "subsidy", as_set(subsidy), as_set(oracle.subsidy))
+        # Per-person decision order (EVENTS.md §6) is the oracle's.
+        assert per_person_order(subsidy) == per_person_order(oracle.subsidy)
+        assert dead_letter_codes(collector, DLQS[0]) == +oracle.enrollment.dead_letters
+        assert dead_letter_codes(collector, DLQS[1]) == +oracle.assessment.dead_letters
+        assert dead_letter_codes(collector, DLQS[2]) == Counter()
+
+
+async def _count(service: ServiceProcess, sql: str, at_least: int) -> bool:
+    return int(await scalar(service, sql)) >= at_least

@@ -1,0 +1,1 @@
+"""Developer tools: the seeded population simulator and its offline oracle."""

@@ -1,0 +1,277 @@
+"""The offline oracle: what the three services must publish for a population, without running them.
+
+The enrollment and assessment outcomes are recomputed here from EVENTS.md and POLICY.md §5
+("Facts and dates"), independently of the services' code, and expressed through the contract's
+payload models, so they are byte-for-byte what a correct service publishes. The subsidy outcome
+is the pure engine (services.subsidy.replay) fed exactly those events, per person in the order
+the two-phase e2e stream delivers them: all enrollment events, then all assessment events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from shared.contract import events as ev
+from shared.contract import topics
+from shared.contract.envelope import CloudEvent, DecodeError, decode
+from shared.contract.identity import normalise_national_id, person_id
+from services.assessment.domain import certificate_id
+from services.subsidy.facts import fact_from_event
+from services.subsidy.policy import PolicySet
+from services.subsidy.replay import replay
+from tools.population import DEFAULT_AGENCIES, Population, Record
+
+DEFAULT_SECRET = "test-person-id-secret"  # tests.harness.SECRET
+
+
+@dataclass(frozen=True)
+class Out:
+    """One expected output event: type, id, key (person_id), agencyid, time and data payload."""
+
+    type: str
+    id: str
+    key: str
+    agency: str
+    time: str
+    data: dict[str, Any]
+
+
+@dataclass
+class Expected:
+    events: list[Out] = field(default_factory=list)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Enr:
+    ref: str
+    agency: str
+    pid: str
+    institution: str
+    course_id: str
+    start: dt.date
+    end: dt.date
+    planned: int
+    course: dict[str, Any]
+    status: str = "open"
+    attendance: dict[dt.date, Decimal] = field(default_factory=dict)
+    months: dict[str, int] = field(default_factory=dict)
+
+
+class _Inbox:
+    """(source, id) idempotency: a repeat with the same bytes is dropped, different bytes refused."""
+
+    def __init__(self, dead: Counter[str], agencies: frozenset[str]) -> None:
+        self.seen: dict[tuple[str, str], bytes] = {}
+        self.dead, self.agencies = dead, agencies
+
+    def admit(self, record: Record, topic: str) -> CloudEvent | None:
+        try:
+            event = decode(record.value, topic, self.agencies)
+        except DecodeError as exc:
+            self.dead[exc.code] += 1
+            return None
+        known = self.seen.setdefault(event.key, event.digest)
+        if known != event.digest:
+            self.dead["conflicting_duplicate"] += 1
+            return None
+        return event if known is event.digest else None
+
+
+def _emit(out: Expected, payload: ev.Payload, id: str, key: str, agency: str, time: dt.datetime) -> None:
+    out.events.append(Out(ev.TYPE_OF[type(payload)], id, key, agency, time.isoformat(), ev.dump(payload)))
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def expected_enrollment_events(pop: Population, secret: str = DEFAULT_SECRET,
+                               agencies: frozenset[str] = frozenset(DEFAULT_AGENCIES)) -> Expected:
+    """Everything the enrollment service publishes for ``pop.training``, in per-person order."""
+    out = Expected()
+    inbox = _Inbox(out.dead_letters, agencies)
+    enrollments: dict[str, _Enr] = {}
+    by_person: dict[str, list[_Enr]] = {}
+    parked: dict[str, list[CloudEvent]] = {}
+
+    def handle(e: CloudEvent) -> None:
+        d: Any = e.data
+        if e.type.endswith("TraineeEnrolled.v1"):
+            try:
+                nid = normalise_national_id(d.trainee.national_id)
+            except ValueError:
+                out.dead_letters["invalid_national_id"] += 1
+                return
+            pid = person_id(nid, secret)
+            twin = next((o for o in by_person.get(pid, []) if o.course_id == d.course.course_id
+                         and o.status != "withdrawn" and o.start <= d.course.end_date
+                         and d.course.start_date <= o.end), None)
+            if d.enrollment_ref in enrollments or twin is not None:
+                reason = ev.EnrollmentRejected(enrollment_ref=d.enrollment_ref, person_id=pid,
+                                               reason="duplicate_enrollment", detail="")
+                _emit(out, reason, f"enrollment-rejected/{e.source}/{e.id}", pid, e.agencyid, e.time)
+                return
+            accepted = ev.EnrollmentAccepted(
+                enrollment_ref=d.enrollment_ref, person_id=pid, institution_id=d.institution_id,
+                categories=d.trainee.categories, rural=d.trainee.rural,
+                hukou_agency=d.trainee.hukou_agency, insured_months=d.trainee.insured_months,
+                hired_on=d.trainee.hired_on, employer=d.employer, course=d.course, fee=d.fee,
+                accepted_on=e.time.date())
+            enr = _Enr(d.enrollment_ref, e.agencyid, pid, d.institution_id, d.course.course_id,
+                       d.course.start_date, d.course.end_date, d.course.planned_hours,
+                       ev.dump(accepted)["course"])
+            enrollments[enr.ref] = enr
+            by_person.setdefault(pid, []).append(enr)
+            _emit(out, accepted, f"enrollment-accepted/{enr.ref}", pid, enr.agency, e.time)
+            for waiting in parked.pop(enr.ref, []):
+                handle(waiting)
+            return
+        enr = enrollments.get(d.enrollment_ref)
+        if enr is None:
+            parked.setdefault(d.enrollment_ref, []).append(e)
+            return
+        if d.institution_id != enr.institution:
+            out.dead_letters["institution_mismatch"] += 1
+            return
+        if enr.status != "open":
+            return
+        if e.type.endswith("AttendanceRecorded.v1"):
+            hours = Decimal(str(d.hours))
+            if not Decimal(0) < hours <= 12:
+                out.dead_letters["invalid_hours"] += 1
+            elif not enr.start <= d.date <= enr.end:
+                out.dead_letters["date_outside_course"] += 1
+            else:
+                enr.attendance[d.date] = hours
+        elif e.type.endswith("TrainingFinished.v1"):
+            if d.finished_on < enr.start:
+                out.dead_letters["finish_before_start"] += 1
+                return
+            enr.status = "completed"
+            hours = sum((h for h in enr.attendance.values() if h > 0), Decimal(0))
+            days = sum(1 for h in enr.attendance.values() if h > 0)
+            rate = min(Decimal(1), hours / Decimal(enr.planned))
+            done = ev.TrainingCompleted(
+                enrollment_ref=enr.ref, person_id=enr.pid, course=enr.course,
+                hours_attended=_number(hours), days_attended=days,
+                attendance_rate=float(round(rate, 4)), completed_on=d.finished_on)
+            _emit(out, done, f"training-completed/{enr.ref}", enr.pid, enr.agency, e.time)
+        elif e.type.endswith("EnrollmentWithdrawn.v1"):
+            enr.status = "withdrawn"
+            days = sum(1 for h in enr.attendance.values() if h > 0)
+            gone = ev.EnrollmentWithdrawn(enrollment_ref=enr.ref, person_id=enr.pid,
+                                          withdrawn_on=d.withdrawn_on, days_attended=days)
+            _emit(out, gone, f"enrollment-withdrawn/{enr.ref}", enr.pid, enr.agency, e.time)
+        elif e.type.endswith("WorkTrainingMonthRecorded.v1"):
+            if not enr.start.strftime("%Y-%m") <= d.month <= enr.end.strftime("%Y-%m"):
+                out.dead_letters["month_outside_enrollment"] += 1
+            elif d.month not in enr.months:
+                enr.months[d.month] = len(enr.months) + 1
+                month = ev.WorkTrainingMonthAccepted(
+                    enrollment_ref=enr.ref, person_id=enr.pid, month=d.month,
+                    wages_fen=d.wages_fen, month_index=enr.months[d.month])
+                _emit(out, month, f"work-month-accepted/{enr.ref}/{d.month}", enr.pid,
+                      enr.agency, e.time)
+
+    for record in pop.training:
+        event = inbox.admit(record, topics.TRAINING_UPSTREAM)
+        if event is not None:
+            handle(event)
+    out.dead_letters["unknown_reference"] += sum(len(v) for v in parked.values())
+    return out
+
+
+def expected_assessment_events(pop: Population, enrollment: Expected, secret: str = DEFAULT_SECRET,
+                               agencies: frozenset[str] = frozenset(DEFAULT_AGENCIES)) -> Expected:
+    """Everything the assessment service publishes once it has seen ``enrollment``'s events."""
+    out = Expected()
+    inbox = _Inbox(out.dead_letters, agencies)
+    accepted = {o.data["enrollment_ref"] for o in enrollment.events if o.type.endswith("EnrollmentAccepted.v1")}
+    results: dict[str, tuple[Any, ...]] = {}
+    certificates: dict[str, tuple[str, bool]] = {}  # id -> (person_id, revoked)
+    waiting: dict[str, list[CloudEvent]] = {}
+
+    def handle(e: CloudEvent) -> None:
+        d: Any = e.data
+        if e.type.endswith("CertificateRevoked.v1"):
+            cert = certificates.get(d.certificate_id)
+            if cert is None:
+                waiting.setdefault(d.certificate_id, []).append(e)
+            elif not cert[1]:
+                certificates[d.certificate_id] = (cert[0], True)
+                _emit(out, ev.CertificateRevoked(certificate_id=d.certificate_id, person_id=cert[0],
+                                                 revoked_on=d.revoked_on, reason=d.reason),
+                      f"certificate-revoked/{d.certificate_id}", cert[0], e.agencyid, e.time)
+            return
+        try:
+            pid = person_id(d.national_id, secret)
+        except ValueError:
+            out.dead_letters["invalid_national_id"] += 1
+            return
+        levelled = d.certificate_kind in ev.LEVELLED_KINDS
+        if levelled != (d.level is not None):
+            out.dead_letters["level_required" if levelled else "level_not_allowed"] += 1
+            return
+        content = (pid, d.evaluator_id, d.enrollment_ref, d.occupation_code, d.level,
+                   d.certificate_kind, d.passed, d.theory_score, d.practical_score, d.assessed_on)
+        known = results.setdefault(d.assessment_ref, content)
+        if known is not content:
+            if known != content:
+                out.dead_letters["conflicting_duplicate"] += 1
+            return
+        if d.enrollment_ref is not None and d.enrollment_ref not in accepted:
+            out.dead_letters["unknown_reference"] += 1
+            return
+        outcome = dict(assessment_ref=d.assessment_ref, person_id=pid, enrollment_ref=d.enrollment_ref,
+                       occupation_code=d.occupation_code, level=d.level,
+                       certificate_kind=d.certificate_kind, assessed_on=d.assessed_on)
+        if not d.passed:
+            _emit(out, ev.AssessmentFailed(**outcome), f"assessment-failed/{d.assessment_ref}",
+                  pid, e.agencyid, e.time)
+            return
+        _emit(out, ev.AssessmentPassed(**outcome), f"assessment-passed/{d.assessment_ref}",
+              pid, e.agencyid, e.time)
+        cert = certificate_id(d.assessment_ref)
+        certificates[cert] = (pid, False)
+        issued = ev.CertificateIssued(certificate_id=cert, issued_on=d.assessed_on, **outcome)
+        _emit(out, issued, f"certificate-issued/{cert}", pid, e.agencyid, e.time)
+        for revocation in waiting.pop(cert, []):
+            handle(revocation)
+
+    for record in pop.assessment:
+        event = inbox.admit(record, topics.ASSESSMENT_UPSTREAM)
+        if event is not None:
+            handle(event)
+    out.dead_letters["unknown_reference"] += sum(len(v) for v in waiting.values())
+    return out
+
+
+def expected_subsidy_outputs(policies: PolicySet, enrollment: Expected, assessment: Expected) -> list[Out]:
+    """The engine's outputs when each person's enrollment events precede their assessment events."""
+    lanes: dict[str, list[Out]] = {}
+    for o in enrollment.events + assessment.events:
+        lanes.setdefault(o.key, []).append(o)
+    facts = [fact for pid in sorted(lanes) for o in lanes[pid]
+             if (fact := fact_from_event(o.type, o.data, o.agency, o.time)) is not None]
+    return [Out(o.event_type, o.event_id, o.key, o.agency, "", o.to_payload())
+            for o in replay(policies, facts).outputs]
+
+
+@dataclass
+class Outcome:
+    """All three services' expected outputs and dead letters for one population."""
+
+    enrollment: Expected
+    assessment: Expected
+    subsidy: list[Out]
+
+
+def expected_outcome(pop: Population, policies: PolicySet, secret: str = DEFAULT_SECRET) -> Outcome:
+    enrollment = expected_enrollment_events(pop, secret)
+    assessment = expected_assessment_events(pop, enrollment, secret)
+    return Outcome(enrollment, assessment, expected_subsidy_outputs(policies, enrollment, assessment))
