@@ -143,3 +143,15 @@ def test_the_breaking_change_check_catches_removals_and_passes_additions() -> No
     gone = copy.deepcopy(old)
     del gone[key]
     assert schemas.breaking_changes(old, gone)
+
+
+def test_the_asyncapi_document_names_every_topic_and_payload() -> None:
+    from shared.contract.asyncapi import build
+    from shared.contract.events import TOPIC_TYPES
+
+    document = build().to_specification().to_jsonable()
+    channels = " ".join(document["channels"])
+    models = set(document["components"]["schemas"])
+    for topic, types in TOPIC_TYPES.items():
+        assert topic in channels
+        assert {m.__name__ for m in types.values()} <= models
