@@ -304,3 +304,29 @@ async def test_person_lookup_takes_the_national_id_in_the_body(enrollment, produ
     assert enrollment.post("/persons/lookup", {"national_id": nid}) == {"person_id": b.pid(nid), "known": True}
     other = b.national_id()
     assert enrollment.post("/persons/lookup", {"national_id": other})["known"] is False
+
+
+async def test_a_closed_catalogue_rejects_unaccredited_institutions_and_uncatalogued_courses(
+    stack: Stack, producer, collector, tmp_path
+) -> None:
+    (tmp_path / "suqian.json").write_text(orjson.dumps(
+        {"agency": "suqian", "institutions": ["INST-T"], "courses": ["C-ELEC-3"]}).decode())
+    closed = ServiceProcess("enrollment", stack, env={
+        "ENROLLMENT_CATALOGUE_DIR": str(tmp_path),
+        "ENROLLMENT_DATABASE_URL": stack.db_url("enrollment") + "_closed",
+        "ENROLLMENT_CONSUMER_GROUP": "closed-catalogue",
+    }).start()
+    try:
+        await closed.wait_ready()
+        stranger, uncatalogued = b.ref("INST-X"), b.ref()
+        await producer.event(UP, T + "TraineeEnrolled.v1",
+                             {**b.enrolled(stranger, b.national_id()), "institution_id": "INST-X"},
+                             subject=stranger)
+        await producer.event(UP, T + "TraineeEnrolled.v1",
+                             b.enrolled(uncatalogued, b.national_id(), course={"course_id": "C-OTHER"}),
+                             subject=uncatalogued)
+        for ref, reason in ((stranger, "institution_not_accredited"), (uncatalogued, "course_not_in_catalogue")):
+            rejected = await collector.wait_events(OUT, "EnrollmentRejected.v1", where=about(ref))
+            assert rejected[0]["data"]["reason"] == reason
+    finally:
+        closed.stop()

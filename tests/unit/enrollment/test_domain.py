@@ -1,0 +1,92 @@
+"""The enrollment service's pure rules: attendance, closing totals, months, catalogues, duplicates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from services.enrollment import domain
+from services.enrollment.domain import Enrollment, Refusal
+
+D = dt.date
+
+
+def enrollment(**over: object) -> Enrollment:
+    base: dict = dict(
+        enrollment_ref="I/1", agency="suqian", person_id="p_" + "0" * 32, institution_id="I",
+        course_id="C-1", start_date=D(2026, 3, 1), end_date=D(2026, 3, 20), planned_hours=80,
+        accepted={}, event_time=dt.datetime(2026, 3, 1, tzinfo=dt.UTC), attendance={}, months={},
+    )
+    base.update(over)
+    return Enrollment(**base)
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "12.01", "24"])
+def test_attendance_hours_outside_zero_to_twelve_are_refused(hours: str) -> None:
+    with pytest.raises(Refusal) as exc:
+        domain.check_attendance(enrollment(), D(2026, 3, 2), Decimal(hours))
+    assert exc.value.code == "invalid_hours"
+
+
+def test_twelve_hours_on_the_last_day_of_the_course_are_accepted() -> None:
+    domain.check_attendance(enrollment(), D(2026, 3, 20), Decimal(12))
+
+
+def test_attendance_outside_the_course_dates_is_refused() -> None:
+    with pytest.raises(Refusal) as exc:
+        domain.check_attendance(enrollment(), D(2026, 2, 28), Decimal(8))
+    assert exc.value.code == "date_outside_course"
+
+
+def test_totals_count_distinct_days_with_hours_and_cap_the_rate_at_one() -> None:
+    e = enrollment(planned_hours=10, attendance={D(2026, 3, 2): Decimal(8), D(2026, 3, 3): Decimal("4.5")})
+    t = domain.totals(e)
+    assert (t.hours, t.days, t.rate) == (Decimal("12.5"), 2, Decimal(1))
+    assert domain.number(t.hours) == 12.5 and domain.number(Decimal(8)) == 8
+
+
+def test_a_finish_before_the_start_is_refused_and_on_the_start_day_accepted() -> None:
+    with pytest.raises(Refusal):
+        domain.check_finish(enrollment(), D(2026, 2, 28))
+    domain.check_finish(enrollment(), D(2026, 3, 1))
+
+
+def test_months_must_fall_within_the_course_and_are_indexed_by_arrival() -> None:
+    e = enrollment(start_date=D(2026, 1, 15), end_date=D(2026, 6, 30))
+    domain.check_month(e, "2026-01")
+    domain.check_month(e, "2026-06")
+    with pytest.raises(Refusal) as exc:
+        domain.check_month(e, "2026-07")
+    assert exc.value.code == "month_outside_enrollment"
+    assert domain.next_month_index(e) == 1
+    e.months = {"2026-03": (1, 1)}
+    assert domain.next_month_index(e) == 2
+
+
+def test_only_a_live_enrollment_in_the_same_course_over_overlapping_dates_is_a_duplicate() -> None:
+    first = enrollment()
+    assert domain.overlapping([first], "C-1", D(2026, 3, 20), D(2026, 4, 10)) is first
+    assert domain.overlapping([first], "C-1", D(2026, 3, 21), D(2026, 4, 10)) is None
+    assert domain.overlapping([first], "C-2", D(2026, 3, 1), D(2026, 3, 20)) is None
+    first.status = "withdrawn"
+    assert domain.overlapping([first], "C-1", D(2026, 3, 1), D(2026, 3, 20)) is None
+
+
+def test_a_closed_catalogue_refuses_unlisted_institutions_and_courses(tmp_path: Path) -> None:
+    (tmp_path / "suqian.json").write_text(json.dumps(
+        {"agency": "suqian", "institutions": ["INST-1"], "courses": ["C-1"]}))
+    catalogues = domain.Catalogues.load(tmp_path)
+    assert catalogues.of("suqian").refusal("INST-1", "C-1") is None
+    assert catalogues.of("suqian").refusal("INST-2", "C-1")[0] == "institution_not_accredited"  # type: ignore[index]
+    assert catalogues.of("suqian").refusal("INST-1", "C-9")[0] == "course_not_in_catalogue"  # type: ignore[index]
+    assert catalogues.of("beijing").refusal("ANY", "ANY") is None
+
+
+def test_the_shipped_catalogues_are_open_for_the_four_default_agencies() -> None:
+    catalogues = domain.Catalogues.load(Path("services/enrollment/catalogues"))
+    for agency in ("city-a", "suqian", "baoshan", "beijing"):
+        assert catalogues.of(agency).refusal("INST-ANY", "C-ANY") is None
