@@ -14,6 +14,7 @@ ensure_java
 ensure_maven
 ensure_postgres
 ensure_cmd make make
+ensure_cmd promtool prometheus  # alert rules are validated with promtool in the tests
 
 # --- Python venv ---------------------------------------------------------------------------------
 VENV="$ROOT/.venv"

@@ -127,6 +127,7 @@ class _Run:
             return
         enrollment = Enrollment(fact)
         self.state.enrollments[fact.enrollment_ref] = enrollment
+        self.state.log_fact(fact)
         for cert in list(self.state.certificates.values()):
             if cert.status is CertificateStatus.PENDING and cert.enrollment_ref is None:
                 link = self._link(cert.issued.enrollment_ref, cert.issued.occupation_code,
@@ -145,6 +146,7 @@ class _Run:
                              hours_attended=fact.hours_attended,
                              days_attended=fact.days_attended, closed_on=fact.completed_on)
         self.state.enrollments[enrollment.ref] = enrollment
+        self.state.log_fact(fact)
         policy = self.policies.for_date(enrollment.accepted.agency, fact.completed_on)
         if policy is not None:
             self._decide_completion(policy, enrollment, fact.completed_on)
@@ -174,6 +176,7 @@ class _Run:
         self.state.enrollments[enrollment.ref] = replace(
             enrollment, status=EnrollmentStatus.WITHDRAWN, closed_on=fact.withdrawn_on,
             days_attended=fact.days_attended)
+        self.state.log_fact(fact)
         self._reverse_advances(enrollment.ref, f"enrollment withdrawn on {fact.withdrawn_on}")
 
     def on_work_month_accepted(self, fact: WorkMonthAccepted) -> None:
@@ -184,6 +187,7 @@ class _Run:
             return
         enrollment = replace(enrollment, months=enrollment.months + (fact.month,))
         self.state.enrollments[enrollment.ref] = enrollment
+        self.state.log_fact(fact)
         policy = self.policies.for_date(enrollment.accepted.agency, fact.first_day)
         if policy is None:
             return
@@ -202,6 +206,7 @@ class _Run:
             return
         link = self._link(fact.enrollment_ref, fact.occupation_code, fact.level, fact.assessed_on)
         if link is not None:
+            self.state.log_fact(fact)
             self._reverse_advances(link, f"assessment {fact.assessment_ref} failed on "
                                          f"{fact.assessed_on}")
 
@@ -209,6 +214,7 @@ class _Run:
         """Link the certificate; decide it now if its training completed, else keep it pending."""
         if fact.certificate_id in self.state.certificates:
             return
+        self.state.log_fact(fact)
         if self.state.pending_revocations.pop(fact.certificate_id, None) is not None:
             self.state.certificates[fact.certificate_id] = Certificate(
                 fact, None, CertificateStatus.REVOKED)
@@ -225,10 +231,13 @@ class _Run:
         annual-limit and occupation slots; a revocation before its certificate waits."""
         cert = self.state.certificates.get(fact.certificate_id)
         if cert is None:
-            self.state.pending_revocations.setdefault(fact.certificate_id, fact)
+            if fact.certificate_id not in self.state.pending_revocations:
+                self.state.pending_revocations[fact.certificate_id] = fact
+                self.state.log_fact(fact)
             return
         if cert.status is CertificateStatus.REVOKED:
             return
+        self.state.log_fact(fact)
         self.state.certificates[fact.certificate_id] = replace(
             cert, status=CertificateStatus.REVOKED)
         why = f"certificate {fact.certificate_id} revoked on {fact.revoked_on}: {fact.reason}"

@@ -10,7 +10,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -162,15 +162,44 @@ class PolicySet:
     def for_date(self, agency: str, day: date) -> Policy | None:
         return next((p for p in self.by_agency.get(agency, ()) if p.covers(day)), None)
 
+    def with_version(self, version: Policy, start: date, end: date) -> PolicySet:
+        """This set with `version` in force for its agency from `start` to `end` (inclusive),
+        the loaded versions cut back around it; every other agency unchanged (what-if runs and
+        corrections of a past period)."""
+        if not version.covers(start) or not version.covers(end) or end < start:
+            raise PolicyError(f"{version.source}: agency {version.agency!r}: version "
+                              f"{version.version} ({_span(version)}) does not cover the period "
+                              f"{start} to {end}")
+        kept: list[Policy] = [replace(version, valid_from=start, valid_to=end)]
+        for live in self.by_agency.get(version.agency, ()):
+            if live.valid_from < start:
+                before = start - timedelta(days=1)
+                kept.append(replace(live, valid_to=before if live.valid_to is None
+                                    else min(live.valid_to, before)))
+            if live.valid_to is None or live.valid_to > end:
+                kept.append(replace(live, valid_from=max(live.valid_from,
+                                                         end + timedelta(days=1))))
+        kept = [p for p in kept if p.valid_to is None or p.valid_from <= p.valid_to]
+        others = [p for agency, versions in self.by_agency.items() if agency != version.agency
+                  for p in versions]
+        return PolicySet.of(others + kept)
+
 
 def _check_adjacent(earlier: Policy, later: Policy) -> None:
+    """Consecutive versions must meet exactly: the error names both files and both ranges."""
     where = f"{later.source}: agency {later.agency!r}: field 'valid_from'"
     if earlier.valid_to is None or later.valid_from <= earlier.valid_to:
-        raise PolicyError(f"{where}: version {later.version} overlaps {earlier.version} "
-                          f"({earlier.source})")
+        raise PolicyError(f"{where}: version {later.version} ({_span(later)}) overlaps version "
+                          f"{earlier.version} ({_span(earlier)}) in {earlier.source}")
     if later.valid_from != earlier.valid_to + timedelta(days=1):
-        raise PolicyError(f"{where}: gap after version {earlier.version} ending "
-                          f"{earlier.valid_to}")
+        raise PolicyError(f"{where}: version {later.version} ({_span(later)}) leaves a gap "
+                          f"after version {earlier.version} ({_span(earlier)}) in "
+                          f"{earlier.source}: {earlier.valid_to + timedelta(days=1)} to "
+                          f"{later.valid_from - timedelta(days=1)} has no policy")
+
+
+def _span(policy: Policy) -> str:
+    return f"{policy.valid_from} to {policy.valid_to or 'open end'}"
 
 
 def load_policy_dir(path: str | Path) -> PolicySet:

@@ -1,12 +1,15 @@
-"""Offline reference run: apply facts in order through the engine, for comparing with the pipeline."""
+"""Offline replay: facts through the engine in order, and a recorded person decided afresh."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .domain import BudgetLedger, Fact, Output, PersonState, decide
+from .outputs import SubsidyRejected
 from .policy import PolicySet
+from .state import Grant
 
 
 @dataclass
@@ -32,3 +35,103 @@ def replay(
         result.states[fact.person_id], outputs = decide(policies, state, fact, result.budgets)
         result.outputs.extend(outputs)
     return result
+
+
+def replay_person(policies: PolicySet, recorded: PersonState, budgets: BudgetLedger) -> PersonState:
+    """The person's logged facts decided afresh under `policies`, in their original order.
+
+    The recorded grants' money is first given back to `budgets`, so the person competes for
+    budgets against everyone else's recorded commitments, as the live pipeline did.
+    """
+    for grant in recorded.live_grants():
+        budgets.release(grant.event.agency, grant.event.fund, grant.basis_date.year,
+                        grant.event.amount_fen)
+    state = PersonState.empty(recorded.person_id)
+    for fact in recorded.logged_facts():
+        state, _ = decide(policies, state, fact, budgets)
+    return state
+
+
+def unlogged(state: PersonState) -> bool:
+    """A state whose fact log misses facts (decided, at least in part, before the engine kept
+    the log): replaying it would forget them, so it is not replayed."""
+    logged = {(entry[0], entry[1]) for entry in state.fact_log}
+    return (any(("a", ref) not in logged for ref in state.enrollments)
+            or any(("i", ref) not in logged for ref in state.certificates)
+            or any(("r", ref) not in logged for ref in state.pending_revocations))
+
+
+class ChangeKind(StrEnum):
+    CHANGED = "changed"
+    NEWLY_GRANTED = "newly_granted"
+    NEWLY_REJECTED = "newly_rejected"
+
+
+@dataclass(frozen=True)
+class GrantChange:
+    """One grant whose money differs between the record and a replay (0 when not granted or
+    reversed), with the rejection that replaces it on either side."""
+
+    person_id: str
+    recorded: Grant | None
+    replayed: Grant | None
+    recorded_rejection: SubsidyRejected | None = None
+    replayed_rejection: SubsidyRejected | None = None
+
+    @property
+    def grant(self) -> Grant:
+        grant = self.replayed or self.recorded
+        assert grant is not None
+        return grant
+
+    @property
+    def paid_fen(self) -> int:
+        return _net(self.recorded)
+
+    @property
+    def entitled_fen(self) -> int:
+        return _net(self.replayed)
+
+    @property
+    def delta_fen(self) -> int:
+        return self.entitled_fen - self.paid_fen
+
+    @property
+    def kind(self) -> ChangeKind:
+        if self.paid_fen == 0:
+            return ChangeKind.NEWLY_GRANTED
+        if self.entitled_fen == 0:
+            return ChangeKind.NEWLY_REJECTED
+        return ChangeKind.CHANGED
+
+
+def _net(grant: Grant | None) -> int:
+    return grant.event.amount_fen if grant is not None and grant.live else 0
+
+
+def compare(recorded: PersonState, replayed: PersonState) -> list[GrantChange]:
+    """Every grant whose net amount differs, in the replay's decision order, then the
+    recorded-only ones in theirs."""
+    before = {g.grant_id: g for g in recorded.grant_log}
+    after = {g.grant_id: g for g in replayed.grant_log}
+    changes = []
+    for grant_id in list(after) + [g for g in before if g not in after]:
+        old, new = before.get(grant_id), after.get(grant_id)
+        if _net(old) == _net(new):
+            continue
+        grant = new or old
+        assert grant is not None
+        changes.append(GrantChange(
+            recorded.person_id, old, new,
+            recorded_rejection=_rejection_of(recorded, grant) if _net(old) == 0 else None,
+            replayed_rejection=_rejection_of(replayed, grant) if _net(new) == 0 else None,
+        ))
+    return changes
+
+
+def _rejection_of(state: PersonState, grant: Grant) -> SubsidyRejected | None:
+    """The rejection of the grant's rule for the same enrollment (and month), if any."""
+    basis = grant.event.basis
+    return next((r for r in reversed(state.rejection_log)
+                 if r.rule == grant.event.rule and r.basis.enrollment_ref == basis.enrollment_ref
+                 and r.basis.month == basis.month), None)

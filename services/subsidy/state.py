@@ -6,14 +6,25 @@ them in place (and returns the state), the caller persists `to_json()` after eac
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import date
 from enum import Enum, StrEnum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .facts import CertificateIssued, CertificateRevoked, EnrollmentAccepted
+from .facts import (
+    AssessmentResult,
+    CertificateIssued,
+    CertificateRevoked,
+    EnrollmentAccepted,
+    EnrollmentWithdrawn,
+    Fact,
+    TrainingCompleted,
+    WorkMonthAccepted,
+)
 from .outputs import (
     THRESHOLDS_BP,
     BudgetThresholdReached,
@@ -41,29 +52,45 @@ def encode(value: Any) -> Any:
 
 def decode(tp: Any, raw: Any) -> Any:
     """The inverse of `encode`, driven by the type annotations."""
+    return _decoder(tp)(raw)
+
+
+@functools.cache
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    """A decoding function per type, built once: states are decoded for every batch and every
+    what-if, and reading annotations per value would dominate the cost."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        if raw is None:
-            return None
         (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return decode(inner, raw)
+        decode_inner = _decoder(inner)
+        return lambda raw: None if raw is None else decode_inner(raw)
     if origin is tuple:
-        return tuple(decode(get_args(tp)[0], v) for v in raw)
+        item = _decoder(get_args(tp)[0])
+        return lambda raw: tuple(item(v) for v in raw)
     if origin is list:
-        return [decode(get_args(tp)[0], v) for v in raw]
+        item = _decoder(get_args(tp)[0])
+        return lambda raw: [item(v) for v in raw]
     if origin is dict:
-        key_type, value_type = get_args(tp)
-        return {decode(key_type, k): decode(value_type, v) for k, v in raw.items()}
+        key, value = (_decoder(a) for a in get_args(tp))
+        return lambda raw: {key(k): value(v) for k, v in raw.items()}
     if tp is date:
-        return date.fromisoformat(raw)
-    if tp is int and isinstance(raw, str):
-        return int(raw)
+        return date.fromisoformat
+    if tp is int:
+        return lambda raw: int(raw) if isinstance(raw, str) else raw
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp(raw)
+        return tp
     if isinstance(tp, type) and is_dataclass(tp):
         hints = get_type_hints(tp)
-        return tp(**{f.name: decode(hints[f.name], raw[f.name]) for f in fields(tp)
-                     if f.init and f.name in raw})
+        parts = [(f.name, _decoder(hints[f.name])) for f in fields(tp) if f.init]
+
+        def build(raw: Any) -> Any:
+            return tp(**{name: part(raw[name]) for name, part in parts if name in raw})
+
+        return build
+    return _same
+
+
+def _same(raw: Any) -> Any:
     return raw
 
 
@@ -126,6 +153,11 @@ class PersonState:
     grant_log: list[Grant] = field(default_factory=list)
     rejection_log: list[SubsidyRejected] = field(default_factory=list)
     reversal_log: list[SubsidyReversed] = field(default_factory=list)
+    # Every fact that changed the state, in arrival order, by reference to what the state
+    # already holds (see `log_fact`): what a what-if run or a policy correction replays.
+    fact_log: list[list[Any]] = field(default_factory=list)
+    # Correction events published by `services.subsidy.corrections`, as their payloads.
+    corrections: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, person_id: str) -> PersonState:
@@ -155,6 +187,59 @@ class PersonState:
         if any(g.event.stage is Stage.SETTLEMENT for g in same):
             return None
         return next((g for g in same if g.event.stage is Stage.ADVANCE), None)
+
+    def log_fact(self, fact: Fact) -> None:
+        """Remember a fact that took effect, compactly: enrollments, completions, withdrawals
+        and certificates by reference (the state holds their content), the rest in full."""
+        entry = _compact(fact)
+        # A failed assessment leaves no other trace in the state; its redelivery must not
+        # log it twice.
+        if entry[0] != "f" or entry not in self.fact_log:
+            self.fact_log.append(entry)
+
+    def logged_facts(self) -> list[Fact]:
+        """The facts of `fact_log`, rebuilt in their original order."""
+        return [self._rebuild(entry) for entry in self.fact_log]
+
+    def _rebuild(self, entry: list[Any]) -> Fact:
+        code, ref = entry[0], entry[1]
+        if code == "a":
+            return self.enrollments[ref].accepted
+        if code in ("c", "w"):
+            enrollment = self.enrollments[ref]
+            assert enrollment.closed_on is not None
+            if code == "c":
+                return TrainingCompleted(ref, self.person_id, enrollment.hours_attended,
+                                         enrollment.days_attended, enrollment.closed_on)
+            return EnrollmentWithdrawn(ref, self.person_id, enrollment.closed_on,
+                                       enrollment.days_attended)
+        if code == "m":
+            return WorkMonthAccepted(ref, self.person_id, entry[2], entry[3], entry[4])
+        if code == "f":
+            return AssessmentResult(ref, self.person_id, entry[2], entry[3], entry[4], entry[5],
+                                    date.fromisoformat(entry[6]), passed=False)
+        if code == "i":
+            return self.certificates[ref].issued
+        if code == "r":
+            return CertificateRevoked(ref, self.person_id, date.fromisoformat(entry[2]), entry[3])
+        raise ValueError(f"unknown fact log entry {entry!r}")
+
+
+def _compact(fact: Fact) -> list[Any]:
+    if isinstance(fact, EnrollmentAccepted):
+        return ["a", fact.enrollment_ref]
+    if isinstance(fact, TrainingCompleted):
+        return ["c", fact.enrollment_ref]
+    if isinstance(fact, EnrollmentWithdrawn):
+        return ["w", fact.enrollment_ref]
+    if isinstance(fact, WorkMonthAccepted):
+        return ["m", fact.enrollment_ref, fact.month, fact.wages_fen, fact.month_index]
+    if isinstance(fact, AssessmentResult):
+        return ["f", fact.assessment_ref, fact.enrollment_ref, fact.occupation_code, fact.level,
+                fact.certificate_kind, fact.assessed_on.isoformat()]
+    if isinstance(fact, CertificateIssued):
+        return ["i", fact.certificate_id]
+    return ["r", fact.certificate_id, fact.revoked_on.isoformat(), fact.reason]
 
 
 def grants(state: PersonState) -> list[SubsidyGranted]:

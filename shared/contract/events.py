@@ -340,6 +340,15 @@ class ReversalReason(StrEnum):
     ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
 
 
+class PolicyCorrection(Payload):
+    """Additive: marks an event published by a correction run (docs/POLICY_OPERATIONS.md)."""
+
+    policy: PolicyRef
+    period: dict[str, str]
+    paid_fen: Fen
+    entitled_fen: Fen
+
+
 class SubsidyGranted(Payload):
     grant_id: str
     person_id: PersonId
@@ -353,6 +362,8 @@ class SubsidyGranted(Payload):
     rule: str
     basis: Basis
     explanation: str
+    corrects_grant_id: str | None = None  # additive: the grant a correction top-up completes
+    correction: PolicyCorrection | None = None  # additive
 
 
 class SubsidyRejected(Payload):
@@ -373,6 +384,8 @@ class SubsidyReversed(Payload):
     amount_fen: Annotated[int, Field(gt=0, strict=True)]
     reason: ReversalReason
     explanation: str
+    rule: str | None = None  # additive: the rule of the reversed grant
+    correction: PolicyCorrection | None = None  # additive
 
 
 class BudgetThresholdReached(Payload):
