@@ -1,4 +1,8 @@
-"""Query API of the assessment service: public certificate verification and a person's certificates."""
+"""Query API of the assessment service: public certificate verification and a person's certificates.
+
+Verification is public and carries no personal data; a person's certificates need a bearer
+token, and an agency token sees the certificates of its own agency's assessments only.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from shared.runtime import auth
 from services.assessment.config import AssessmentSettings
 
 
@@ -35,6 +40,7 @@ def _certificate(row: asyncpg.Record) -> dict[str, Any]:
         "assessment_ref": row["assessment_ref"],
         "enrollment_ref": row["enrollment_ref"],
         "revoke_reason": row["revoke_reason"],
+        "agency": row["agency"],
     }
 
 
@@ -48,12 +54,18 @@ def routes(pool: asyncpg.Pool, settings: AssessmentSettings) -> list[BaseRoute]:
         return JSONResponse(_verification(row))
 
     async def person_certificates(request: Request) -> JSONResponse:
+        who = auth.principal(request)
         pid = request.path_params["person_id"]
+        # A certificate belongs to the agency of the assessment it was issued on.
         rows = await pool.fetch(
-            "SELECT * FROM certificate WHERE person_id = $1 ORDER BY issued_on, certificate_id", pid
+            "SELECT c.*, a.agency FROM certificate c JOIN assessment a USING (assessment_ref)"
+            " WHERE c.person_id = $1 ORDER BY c.issued_on, c.certificate_id", pid
         )
         if not rows:
             return JSONResponse({"error": "not_found"}, status_code=404)
+        rows = [r for r in rows if who.sees(r["agency"])]
+        if not rows:
+            raise auth.Forbidden("this person has no certificate in your agency")
         return JSONResponse({"person_id": pid, "certificates": [_certificate(r) for r in rows]})
 
     return [

@@ -1,4 +1,8 @@
-"""Query API of the enrollment service: the person's electronic training record (电子档案)."""
+"""Query API of the enrollment service: the person's electronic training record (电子档案).
+
+Every route needs a bearer token (shared.runtime.auth): an agency token reads its own
+agency's enrollments only; an auditor's reads all (docs/SECURITY.md).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from shared.contract.identity import person_id
+from shared.runtime import auth
 from services.enrollment.config import EnrollmentSettings
 
 
@@ -42,12 +47,16 @@ QUERY = (
 
 def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
     async def get_enrollment(request: Request) -> JSONResponse:
+        who = auth.principal(request)
         row = await pool.fetchrow(QUERY + "WHERE e.enrollment_ref = $1", request.path_params["ref"])
         if row is None:
             return JSONResponse({"error": "not_found"}, status_code=404)
+        if not who.sees(row["agency"]):
+            raise auth.Forbidden("this enrollment belongs to another agency")
         return JSONResponse(_enrollment(row))
 
     async def person_record(request: Request) -> JSONResponse:
+        who = auth.principal(request)
         pid = request.path_params["person_id"]
         rows = await pool.fetch(QUERY + "WHERE e.person_id = $1 ORDER BY e.start_date, e.enrollment_ref", pid)
         rejections = await pool.fetch(
@@ -55,6 +64,13 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
         )
         if not rows and not rejections:
             return JSONResponse({"error": "not_found"}, status_code=404)
+        if not who.auditor:
+            # A rejection records no agency (the enrollment never existed), so only auditors
+            # see rejections; an agency sees the person only through its own enrollments.
+            rows = [r for r in rows if who.sees(r["agency"])]
+            rejections = []
+            if not rows:
+                raise auth.Forbidden("this person has no enrollment in your agency")
         return JSONResponse({
             "person_id": pid,
             "enrollments": [_enrollment(r) for r in rows],
@@ -63,12 +79,18 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
 
     async def lookup(request: Request) -> JSONResponse:
         # The national id travels in the body, never in a URL (URLs end up in logs).
+        who = auth.principal(request)
         try:
             body = await request.json()
             pid = person_id(str(body["national_id"]), settings.person_id_secret)
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "invalid_national_id"}, status_code=422)
-        known = await pool.fetchval("SELECT 1 FROM trainee WHERE person_id = $1", pid)
+        if who.auditor:
+            known = await pool.fetchval("SELECT 1 FROM trainee WHERE person_id = $1", pid)
+        else:
+            known = await pool.fetchval(
+                "SELECT 1 FROM enrollment WHERE person_id = $1 AND agency = $2 LIMIT 1", pid, who.agency
+            )
         return JSONResponse({"person_id": pid, "known": bool(known)})
 
     return [

@@ -23,3 +23,9 @@ class EnrollmentSettings(ServiceSettings):
         DEV_DATA_KEY, validation_alias="DATA_ENCRYPTION_KEY",
         description="Fernet key protecting names and national ids at rest",
     )
+
+    def unsafe_defaults(self) -> list[str]:
+        found = super().unsafe_defaults()
+        if self.data_key == DEV_DATA_KEY:
+            found.append("DATA_ENCRYPTION_KEY is the development default; set a real Fernet key")
+        return found

@@ -1,4 +1,8 @@
-"""Query API of the subsidy service: a person's decisions, an agency's summary and ledger (台账)."""
+"""Query API of the subsidy service: a person's decisions, an agency's summary and ledger (台账).
+
+Every route needs a bearer token (shared.runtime.auth): an agency token reads its own agency's
+decisions, summary and ledger; the policy-load audit trail is for auditors only.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from shared.runtime import auth
 from services.subsidy.policy import PolicySet
 from services.subsidy.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
 
@@ -22,6 +27,7 @@ LEDGER_COLUMNS = (
     "amount_fen", "fund", "payee_kind", "grant_id",
 )
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000  # keeps OFFSET well inside bigint whatever the query string says
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -34,32 +40,41 @@ def _date(value: str | None, default: dt.date) -> dt.date:
 
 def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
     async def person(request: Request) -> Response:
+        who = auth.principal(request)
         pid = request.path_params["person_id"]
         raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
         if raw is None:
-            return _error(404, "not_found", f"no subsidy decisions for {pid}")
+            return _error(404, "not_found", f"no subsidy decisions for {pid[:60]}")
         state = PersonState.from_json(orjson.loads(raw))
+        if not _has_record_in(state, who):
+            raise auth.Forbidden("this person has no record in your agency")
         live = {g.grant_id for g in live_grants(state)}
+        agency_of = {ref: e.accepted.agency for ref, e in state.enrollments.items()}
         return JSONResponse({
             "person_id": pid,
-            "grants": [{**g.to_payload(), "live": g.grant_id in live} for g in grants(state)],
-            "rejections": [r.to_payload() for r in rejections(state)],
-            "reversals": [r.to_payload() for r in reversals(state)],
+            "grants": [{**g.to_payload(), "live": g.grant_id in live}
+                       for g in grants(state) if who.sees(g.agency)],
+            "rejections": [r.to_payload() for r in rejections(state) if who.sees(r.agency)],
+            "reversals": [r.to_payload() for r in reversals(state) if who.sees(r.agency)],
+            # A pending item is an agency's when it waits on one of that agency's enrollments;
+            # unlinked certificates and early revocations have no agency yet: auditors only.
             "pending": [
                 {**dataclasses.asdict(p), "kind": p.kind.value, "since": p.since.isoformat()}
                 for p in pending_items(state)
+                if who.auditor or who.sees(agency_of.get(p.enrollment_ref or ""))
             ],
         })
 
     async def summary(request: Request) -> Response:
         agency = request.path_params["agency"]
+        auth.require_agency(request, agency)
         if agency not in policies.agencies():
-            return _error(404, "unknown_agency", f"no policy for agency {agency!r}")
+            return _error(404, "unknown_agency", f"no policy for agency {agency[:60]!r}")
         try:
             year = int(request.query_params.get("year", dt.date.today().year))
+            first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         except ValueError:
             return _error(422, "invalid_year", "year must be a number such as 2026")
-        first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         rows = await pool.fetch(
             "SELECT event_type, rule, fund, payee_kind, reason, count(*) AS n,"
             " sum(amount_fen)::bigint AS fen FROM decision"
@@ -101,13 +116,14 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
 
     async def ledger(request: Request) -> Response:
         agency = request.path_params["agency"]
+        auth.require_agency(request, agency)
         if agency not in policies.agencies():
-            return _error(404, "unknown_agency", f"no policy for agency {agency!r}")
+            return _error(404, "unknown_agency", f"no policy for agency {agency[:60]!r}")
         q = request.query_params
         try:
             start = _date(q.get("from"), dt.date(1900, 1, 1))
             end = _date(q.get("to"), dt.date(9999, 12, 31))
-            page = max(1, int(q.get("page", 1)))
+            page = min(MAX_PAGE, max(1, int(q.get("page", 1))))
             size = min(MAX_PAGE_SIZE, max(1, int(q.get("page_size", 100))))
         except ValueError:
             return _error(422, "invalid_query", "from/to are YYYY-MM-DD, page and page_size numbers")
@@ -135,6 +151,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         })
 
     async def policy_loads(request: Request) -> Response:
+        auth.require_auditor(request)  # the audit trail of every agency's policy files
         rows = await pool.fetch(
             "SELECT content_hash, agency, version, source, loaded_at FROM policy_load ORDER BY loaded_at"
         )
@@ -147,6 +164,18 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         Route("/agencies/{agency}/ledger.csv", ledger),
         Route("/policies/loads", policy_loads),
     ]
+
+
+def _has_record_in(state: PersonState, who: auth.Principal) -> bool:
+    """Whether ``who`` may see this person at all: an enrollment or a decision of its agency."""
+    if who.auditor:
+        return True
+    return (
+        any(who.sees(e.accepted.agency) for e in state.enrollments.values())
+        or any(who.sees(g.agency) for g in grants(state))
+        or any(who.sees(r.agency) for r in rejections(state))
+        or any(who.sees(r.agency) for r in reversals(state))
+    )
 
 
 def _cell(value: Any) -> Any:

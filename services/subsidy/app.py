@@ -11,7 +11,7 @@ import asyncpg
 from shared.contract import topics
 from shared.runtime.consumer import Handler
 from shared.runtime.service import ServiceDefinition
-from services.subsidy import api, handlers
+from services.subsidy import api, handlers, metrics
 from services.subsidy.config import SubsidySettings
 from services.subsidy.policy import PolicySet, load_policy_dir
 
@@ -48,5 +48,6 @@ DEFINITION = ServiceDefinition(
     topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
     handler=build_handler,  # type: ignore[arg-type]
     routes=lambda pool, settings: api.routes(pool, policies_from(settings.policy_dir)),  # type: ignore[attr-defined]
+    sweeps=(metrics.refresh_pending_items,),  # type: ignore[arg-type]
     on_start=record_policy_loads,  # type: ignore[arg-type]
 )

@@ -1,8 +1,18 @@
-"""Business metrics of the subsidy service: money granted, rejections, reversals, budgets."""
+"""Business metrics of the subsidy service: money granted, rejections, reversals, budgets, pending items."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import datetime as dt
+import time
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.subsidy.state import PendingKind
+from shared.runtime.settings import ServiceSettings
 
 GRANTS = Counter("subsidy_grants_total", "Grants published", ["agency", "rule", "fund"])
 GRANTED_FEN = Counter("subsidy_granted_fen_total", "Money granted, in fen", ["agency", "rule", "fund"])
@@ -16,3 +26,78 @@ BUDGET_REMAINING = Gauge(
     "subsidy_budget_remaining_fen", "Budget left per fund and year (budgeted funds only)",
     ["agency", "fund", "year"],
 )
+PENDING_ITEMS = Gauge(
+    "subsidy_pending_items", "Certificates and revocations waiting for a fact still to come "
+    "(POLICY §3.10), by kind; refreshed by refresh_pending_items", ["kind"],
+)
+for _kind in PendingKind:
+    PENDING_ITEMS.labels(_kind.value)  # every kind exported from the start, at 0
+
+# Certificates still pending and revocations waiting for their certificate, by kind, from the
+# person states (JSON text, see migrations/0001_subsidy.sql).
+PENDING_SQL = """
+SELECT kind, count(*) AS n FROM (
+    SELECT CASE WHEN c.value->>'enrollment_ref' IS NULL THEN 'certificate_unlinked'
+                ELSE 'certificate_awaiting_completion' END AS kind
+    FROM person_state p, jsonb_each(p.state::jsonb->'certificates') c
+    WHERE c.value->>'status' = 'pending'
+    UNION ALL
+    SELECT 'revocation_awaiting_certificate'
+    FROM person_state p, jsonb_each(p.state::jsonb->'pending_revocations') r
+) items GROUP BY kind
+"""
+PENDING_REFRESH_SECONDS = 30.0
+_last_refresh = [float("-inf")]
+
+
+async def refresh_pending_items(
+    pool: asyncpg.Pool, settings: ServiceSettings, cutoff: dt.datetime
+) -> None:
+    """A service sweep (ServiceDefinition.sweeps) counting pending items, at most every 30 s.
+
+    The count scans every person state, so it runs on its own clock rather than per batch.
+    """
+    now = time.monotonic()
+    if now - _last_refresh[0] < PENDING_REFRESH_SECONDS:
+        return
+    _last_refresh[0] = now
+    async with pool.acquire() as conn:
+        counts = {r["kind"]: int(r["n"]) for r in await conn.fetch(PENDING_SQL)}
+    for kind in PendingKind:
+        PENDING_ITEMS.labels(kind.value).set(counts.get(kind.value, 0))
+
+
+class BudgetTotals(Collector):
+    """Budget and share used per budgeted (agency, fund, year), derived from the two gauges above.
+
+    ``subsidy_budget_fen`` = committed + remaining; ``subsidy_budget_used_ratio`` = committed /
+    budget (0 for a zero budget). Funds without a budget have neither.
+    """
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        committed = _samples(BUDGET_COMMITTED)
+        budget = GaugeMetricFamily(
+            "subsidy_budget_fen", "Budget per fund and year (committed + remaining), in fen",
+            labels=["agency", "fund", "year"],
+        )
+        used = GaugeMetricFamily(
+            "subsidy_budget_used_ratio", "Share of the budget committed, 0..1 (above 1 when overspent)",
+            labels=["agency", "fund", "year"],
+        )
+        for key, remaining in _samples(BUDGET_REMAINING).items():
+            spent = committed.get(key, 0)
+            total = spent + remaining
+            budget.add_metric(list(key), total)
+            used.add_metric(list(key), spent / total if total > 0 else 0.0)
+        yield budget
+        yield used
+
+
+def _samples(gauge: Gauge) -> dict[tuple[str, str, str], int]:
+    return {
+        (s.labels["agency"], s.labels["fund"], s.labels["year"]): int(s.value)
+        for family in gauge.collect() for s in family.samples
+    }
+
+
+REGISTRY.register(BudgetTotals())

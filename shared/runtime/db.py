@@ -8,6 +8,8 @@ refuses to start on a database whose schema is behind its code.
 from __future__ import annotations
 
 from pathlib import Path
+from ssl import SSLContext, create_default_context
+from typing import Any
 
 import asyncpg
 
@@ -25,8 +27,29 @@ def migration_files(service_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+def ssl_option(sslmode: str | None, rootcert: str | None = None) -> SSLContext | str | None:
+    """asyncpg's ``ssl`` argument for a libpq ``sslmode`` (None: leave it to the DSN).
+
+    The verifying modes with a CA bundle get a context that checks the chain (and, for
+    verify-full, the host name); the others pass through as asyncpg understands them.
+    """
+    if sslmode is None:
+        return None
+    if sslmode in ("verify-ca", "verify-full") and rootcert:
+        context = create_default_context(cafile=rootcert)
+        context.check_hostname = sslmode == "verify-full"
+        return context
+    return sslmode
+
+
+def connect_kwargs(ssl_arg: SSLContext | str | None) -> dict[str, Any]:
+    return {} if ssl_arg is None else {"ssl": ssl_arg}
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5,
+                      ssl: SSLContext | str | None = None) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60,
+                                     **connect_kwargs(ssl))
     assert pool is not None
     return pool
 
@@ -38,9 +61,9 @@ async def applied_versions(conn: asyncpg.Connection) -> set[str]:
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
-async def migrate(dsn: str, service_dir: Path) -> list[str]:
+async def migrate(dsn: str, service_dir: Path, *, ssl: SSLContext | str | None = None) -> list[str]:
     """Apply every migration not yet applied, each in its own transaction; return their names."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, **connect_kwargs(ssl))
     try:
         # One migrator at a time per database, whichever replica starts first.
         await conn.execute("SELECT pg_advisory_lock(7261001)")
@@ -73,11 +96,12 @@ async def check_schema(pool: asyncpg.Pool, service_dir: Path) -> None:
         )
 
 
-async def ensure_database(dsn: str) -> None:
+async def ensure_database(dsn: str, *, ssl: SSLContext | str | None = None) -> None:
     """Create the database named in ``dsn`` if it does not exist (local stack and tests)."""
     base, _, name = dsn.rpartition("/")
-    name = name.split("?")[0]
-    conn = await asyncpg.connect(base + "/postgres")
+    name, _, params = name.partition("?")
+    conn = await asyncpg.connect(base + "/postgres" + (f"?{params}" if params else ""),
+                                 **connect_kwargs(ssl))
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await conn.execute(f'CREATE DATABASE "{name}"')

@@ -1,12 +1,20 @@
-"""Runtime metrics every service exports on /metrics (the catalogue is in the README).
+"""Runtime metrics every service exports on /metrics (the catalogue is docs/METRICS.md).
 
-Each service is its own process, so the default registry holds exactly one service's metrics;
-the ``service`` label comes from the process-wide constant label set at start-up.
+Each service is its own process and its own scrape target, so the default registry holds
+exactly one service's metrics; Prometheus' ``job``/``instance`` target labels (or the ``service``
+target label of deploy/prometheus/prometheus.yml) tell services apart, and
+``skills_service_info{service=...} 1`` names the service from inside the process.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 CONSUMED = Counter(
     "skills_records_consumed_total", "Kafka records consumed, by topic and event type",
@@ -33,3 +41,46 @@ OUTBOX_AGE = Gauge("skills_outbox_oldest_age_seconds", "Age of the oldest unpubl
 LAG = Gauge("skills_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
 READY = Gauge("skills_ready", "1 when the service reports ready on /readyz")
 PENDING = Gauge("skills_pending_records", "Records parked waiting for what they refer to")
+
+_identity: dict[str, str] = {}
+
+
+def identify(service: str) -> None:
+    """Name this process's service in ``skills_service_info`` (the host calls it at start-up)."""
+    _identity["service"] = service
+
+
+def service_name() -> str | None:
+    """The identified service, else the one this process was started as (``-m services.X``)."""
+    if "service" in _identity:
+        return _identity["service"]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    parts = (getattr(spec, "name", None) or "").split(".")
+    if len(parts) >= 2 and parts[0] == "services":
+        return parts[1]
+    return None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("skills-subsidy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ServiceInfo(Collector):
+    """``skills_service_info{service, version} 1``: which service answers on this target."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        name = service_name()
+        if name is None:
+            return
+        family = GaugeMetricFamily(
+            "skills_service_info", "The service behind this scrape target (always 1)",
+            labels=["service", "version"],
+        )
+        family.add_metric([name, _version()], 1)
+        yield family
+
+
+REGISTRY.register(ServiceInfo())

@@ -17,23 +17,27 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.contract import topics
-from shared.runtime import db, logs, metrics
+from shared.runtime import auth, db, logs, metrics
 from shared.runtime.consumer import BatchConsumer, Handler
 from shared.runtime.outbox import Outbox, Relay
-from shared.runtime.settings import DEV_PERSON_ID_SECRET, ServiceSettings
+from shared.runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,46 @@ class Runtime:
         return ok, checks
 
 
-def http_app(runtime: Runtime | None, routes: list[BaseRoute]) -> Starlette:
+MAX_URL_BYTES = 4096
+
+
+class RejectHostileUrls:
+    """ASGI middleware: a URL no route could answer sensibly is a 400, never a database error.
+
+    PostgreSQL text cannot hold NUL, and no identifier of the contract needs control
+    characters or kilobytes: refusing them here keeps every query route free of the check.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _hostile(scope):
+            response = JSONResponse(
+                {"error": "bad_request", "detail": "the URL holds control characters or is too long"},
+                status_code=400,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _hostile(scope: Scope) -> bool:
+    path: str = scope["path"]
+    query: bytes = scope.get("query_string", b"")
+    if len(path.encode("utf-8", "surrogatepass")) + len(query) > MAX_URL_BYTES:
+        return True
+    if any(ord(c) < 0x20 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in path):
+        return True
+    lowered = query.lower()
+    return b"%00" in lowered or any(b < 0x20 for b in query)
+
+
+def http_app(
+    runtime: Runtime | None, routes: list[BaseRoute], tokens: auth.TokenTable | None = None
+) -> Starlette:
+    """The service's HTTP app; ``tokens`` None means open (tests of the host alone)."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -101,14 +144,64 @@ def http_app(runtime: Runtime | None, routes: list[BaseRoute]) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
     ]
-    return Starlette(routes=base + routes)
+    return Starlette(
+        routes=base + routes,
+        middleware=[
+            Middleware(RejectHostileUrls),
+            Middleware(auth.Authenticate, table=tokens or auth.TokenTable({}, open=True)),
+        ],
+        exception_handlers={auth.Forbidden: auth.forbidden},
+    )
 
 
-def check_settings(settings: ServiceSettings) -> None:
-    if settings.environment != "development" and settings.person_id_secret == DEV_PERSON_ID_SECRET:
-        raise SystemExit(
-            "PERSON_ID_SECRET is the development default; set a real secret outside development"
+def check_settings(settings: ServiceSettings) -> auth.TokenTable:
+    """Refuse to start on development defaults outside development; the API's token table."""
+    if not settings.development:
+        unsafe = settings.unsafe_defaults()
+        if unsafe:
+            raise SystemExit(
+                f"refusing to start with ENVIRONMENT={settings.environment!r}: " + "; ".join(unsafe)
+            )
+    try:
+        tokens = auth.token_table(settings.api_tokens, settings.agencies,
+                                  development=settings.development)
+    except auth.TokenConfigError as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    if tokens.open:
+        log.warning(
+            "NO API TOKENS CONFIGURED: the query API is OPEN to anyone who can reach the port, "
+            "as an auditor (development only; set API_TOKENS, see docs/SECURITY.md)",
         )
+    return tokens
+
+
+def kafka_security(settings: ServiceSettings) -> dict[str, Any]:
+    """Keyword arguments that put every aiokafka client on the configured transport."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        password = settings.kafka_sasl_password
+        if not settings.kafka_sasl_username or password is None:
+            raise SystemExit(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value(),
+        )
+    return options
+
+
+def database_ssl(settings: ServiceSettings) -> Any:
+    """asyncpg's ``ssl`` argument from DATABASE_SSLMODE / DATABASE_SSLROOTCERT."""
+    return db.ssl_option(settings.database_sslmode, settings.database_sslrootcert)
 
 
 async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
@@ -145,7 +238,9 @@ async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
 
 async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None:
     """Create the contract's topics (with the configured prefix) where they do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_security(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -163,9 +258,10 @@ async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None
 
 async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM/SIGINT."""
-    check_settings(settings)
+    tokens = check_settings(settings)
+    kafka = kafka_security(settings)
     await ensure_topics(settings, settings.topic_partitions)
-    pool = await db.create_pool(settings.database_url, max_size=6)
+    pool = await db.create_pool(settings.database_url, max_size=6, ssl=database_ssl(settings))
     await db.check_schema(pool, definition.directory)
     if definition.on_start is not None:
         await definition.on_start(pool, settings)
@@ -176,6 +272,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         linger_ms=5,
         max_batch_size=256 * 1024,
         compression_type=None,
+        **kafka,
     )
     consumer = AIOKafkaConsumer(
         *(settings.topic(t) for t in definition.topics),
@@ -185,6 +282,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         auto_offset_reset=settings.auto_offset_reset,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
+        **kafka,
     )
     await producer.start()
     await consumer.start()
@@ -205,7 +303,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         crash_after_db_commit=settings.crash_after_db_commit,
     )
     runtime = Runtime(settings, pool, consumer, producer, batches, relay)
-    app = http_app(runtime, definition.routes(pool, settings))
+    app = http_app(runtime, definition.routes(pool, settings), tokens)
     server = uvicorn.Server(
         uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port,
@@ -252,11 +350,13 @@ def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> N
     args = parser.parse_args()
     settings = settings_cls()
     logs.configure(definition.name, settings.log_level)
+    metrics.identify(definition.name)
 
     async def main() -> None:
         if args.command == "migrate" or args.migrate:
-            await db.ensure_database(settings.database_url)
-            applied = await db.migrate(settings.database_url, definition.directory)
+            await db.ensure_database(settings.database_url, ssl=database_ssl(settings))
+            applied = await db.migrate(settings.database_url, definition.directory,
+                                       ssl=database_ssl(settings))
             log.info("migrations applied", extra={"applied": applied})
             if args.command == "migrate":
                 return

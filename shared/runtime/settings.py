@@ -7,7 +7,9 @@ e.g. ``SUBSIDY_DATABASE_URL``.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_AGENCIES = ("city-a", "suqian", "baoshan", "beijing")
@@ -31,6 +33,40 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     topic_partitions: int = Field(12, validation_alias="TOPIC_PARTITIONS")
 
+    api_tokens: str = Field(
+        "", validation_alias="API_TOKENS",
+        description="query-API bearer tokens: JSON {\"sha256:<hex>\": {\"role\": \"agency\", "
+        "\"agency\": \"suqian\"} | {\"role\": \"auditor\"}} inline, or the path of such a file",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: str | None = Field(
+        None, validation_alias="KAFKA_SSL_CAFILE",
+        description="CA bundle the broker's certificate is checked against (default: system CAs)",
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, validation_alias="KAFKA_SSL_CERTFILE", description="client certificate (mutual TLS)"
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, validation_alias="KAFKA_SSL_KEYFILE", description="client key (mutual TLS)"
+    )
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(
+        None, validation_alias="DATABASE_SSLMODE",
+        description="libpq sslmode for every connection; unset: the DSN's, else asyncpg's 'prefer'",
+    )
+    database_sslrootcert: str | None = Field(
+        None, validation_alias="DATABASE_SSLROOTCERT",
+        description="CA bundle the server's certificate is checked against (verify-ca/verify-full)",
+    )
+
     database_url: str = "postgresql://postgres@127.0.0.1:5432/service"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
@@ -49,6 +85,19 @@ class ServiceSettings(BaseSettings):
         False, description="test hook: exit abruptly after the first batch's database commit, "
         "before its Kafka offsets are committed",
     )
+
+    @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+    def unsafe_defaults(self) -> list[str]:
+        """Development defaults still in place, each a reason to refuse to start elsewhere."""
+        found = []
+        if self.person_id_secret == DEV_PERSON_ID_SECRET:
+            found.append("PERSON_ID_SECRET is the development default; set a real secret")
+        if not self.api_tokens.strip():
+            found.append("API_TOKENS is empty; configure hashed bearer tokens (docs/SECURITY.md)")
+        return found
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
