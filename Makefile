@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status test demo stack-up stack-down services-up services-down schemas asyncapi
+.PHONY: help venv up down status test demo bench stack-up stack-down services-up services-down schemas asyncapi
 
 help:
 	@echo "make up       start Kafka, PostgreSQL and the three services; returns when all are ready"
@@ -10,6 +10,7 @@ help:
 	@echo "make status   one line per component"
 	@echo "make test     set up and run the whole test suite (starts the stack if needed)"
 	@echo "make demo     run the multi-agency end-to-end flow on the real stack and print a report"
+	@echo "make bench    end-to-end benchmark on the real stack (BENCH_ARGS='--persons 5000' for a quick run)"
 	@echo "make schemas  regenerate contract/schemas/*.json from the contract models"
 	@echo "make asyncapi write docs/asyncapi.json from the code"
 
@@ -43,6 +44,9 @@ test: stack-up
 
 demo: up
 	$(PY) -m tools.demo $(DEMO_ARGS)
+
+bench: stack-up
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 schemas: venv
 	$(PY) -m shared.contract.schemas write

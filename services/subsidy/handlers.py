@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 import asyncpg
 import orjson
@@ -34,9 +35,11 @@ DECISION_COLUMNS = (
 )
 
 
-def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]]) -> tuple | None:
-    """The ledger row of one output (None for budget notices, which are not decisions)."""
-    payload = orjson.dumps(output.to_payload()).decode()
+def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]],
+                 data: dict[str, Any] | None = None) -> tuple | None:
+    """The ledger row of one output (None for budget notices, which are not decisions);
+    ``data`` is ``output.to_payload()`` when the caller already has it."""
+    payload = orjson.dumps(output.to_payload() if data is None else data).decode()
     if isinstance(output, SubsidyGranted):
         funds[output.grant_id] = (output.fund, output.payee_kind)
         return (output.event_id, "granted", output.person_id, output.agency, output.rule,
@@ -103,12 +106,13 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             state, outputs = decide(policies, state, fact, ledger)
             states[fact.person_id] = touched[fact.person_id] = state
             for output in outputs:
+                data = output.to_payload()
                 out.publish_json(
-                    topics.SUBSIDY_EVENTS, output.event_type, output.to_payload(),
+                    topics.SUBSIDY_EVENTS, output.event_type, data,
                     id=output.event_id, subject=output.key, agencyid=output.agency,
                     time=event.time, traceparent=event.traceparent,
                 )
-                row = decision_row(output, event.time.date(), funds)
+                row = decision_row(output, event.time.date(), funds, data)
                 if row is not None:
                     rows.append(row)
                 count(output)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,21 +44,31 @@ def decode_records(
     """Decode every record; dead-letter the bad ones and in-batch conflicting duplicates."""
     good: list[Incoming] = []
     seen: dict[tuple[str, str], bytes] = {}
+    consumed: Counter[tuple[str, str]] = Counter()  # counted once per batch, not per record
+    duplicates = 0
+    names: dict[str, str] = {}
     for record in records:
+        name = names.get(record.topic)
+        if name is None:
+            name = names[record.topic] = record.topic.removeprefix(topic_prefix)
         try:
-            event = decode(record.value, record.topic.removeprefix(topic_prefix), agencies)
+            event = decode(record.value, name, agencies)
         except DecodeError as exc:
             out.dead_letter(record, exc.code, exc.detail)
             continue
-        metrics.CONSUMED.labels(topic=record.topic, type=event.type).inc()
+        consumed[(record.topic, event.type)] += 1
         earlier = seen.get(event.key)
         if earlier is None:
             seen[event.key] = event.digest
             good.append(Incoming(event, record))
         elif earlier == event.digest:
-            metrics.DUPLICATES.inc()
+            duplicates += 1
         else:
             out.dead_letter(record, "conflicting_duplicate", _conflict_detail(event))
+    for (topic, type), n in consumed.items():
+        metrics.CONSUMED.labels(topic=topic, type=type).inc(n)
+    if duplicates:
+        metrics.DUPLICATES.inc(duplicates)
     return good
 
 

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,9 @@ class Relay:
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
         while not stopping.is_set():
+            # Cleared before looking, not after finding nothing: a batch committed while we
+            # publish sets it again, so its rows never wait for the timeout below.
+            self.wake.clear()
             try:
                 sent = await self.publish_once()
                 self.healthy = True
@@ -160,7 +164,6 @@ class Relay:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if sent == 0:
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=0.5)
                 except TimeoutError:
@@ -181,8 +184,13 @@ class Relay:
                 return 0
             metrics.OUTBOX_AGE.set(max(0.0, time.time() - rows[0]["created_at"].timestamp()))
             futures = []
+            parsed: dict[str, list[tuple[str, bytes]]] = {}  # most rows share their headers
             for row in rows:
-                headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
+                headers = parsed.get(row["headers"])
+                if headers is None:
+                    headers = parsed[row["headers"]] = [
+                        (k, v.encode()) for k, v in orjson.loads(row["headers"])
+                    ]
                 futures.append(
                     await self.producer.send(
                         row["topic"], value=bytes(row["value"]),
@@ -193,8 +201,9 @@ class Relay:
             await conn.execute(
                 "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
             )
-            for row in rows:
-                metrics.PUBLISHED.labels(topic=row["topic"], type=row["event_type"]).inc()
+            published = Counter((row["topic"], row["event_type"]) for row in rows)
+            for (topic, event_type), n in published.items():
+                metrics.PUBLISHED.labels(topic=topic, type=event_type).inc(n)
             backlog = await conn.fetchval(
                 "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM outbox"
             )

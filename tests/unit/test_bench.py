@@ -1,0 +1,85 @@
+"""The benchmark's pure parts: percentiles, trace numbering, completeness and the paced split."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+
+from tools.bench import (
+    completeness,
+    percentile,
+    split_lanes,
+    trace_seq,
+    traceparent,
+    with_traceparent,
+)
+from tools.expected import Out
+from tools.simulate import simulate
+
+GRANTED = "skills.subsidy.SubsidyGranted.v1"
+
+
+def _out(id: str, key: str = "p1", amount: int = 100) -> Out:
+    return Out(GRANTED, id, key, "suqian", "2026-03-01T09:00:00+08:00", {"amount_fen": amount})
+
+
+def _published(o: Out) -> dict[str, object]:
+    return {"type": o.type, "id": o.id, "subject": o.key, "data": dict(o.data)}
+
+
+def test_percentiles_interpolate_between_closest_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.5
+    assert percentile(values, 99) == 99.01
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 95) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_percentile_ignores_input_order() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_a_traceparent_names_its_record() -> None:
+    tp = traceparent(123456)
+    assert len(tp) == 55 and tp.startswith("00-") and tp.endswith("-01")
+    assert trace_seq(tp) == 123456
+    assert trace_seq(None) is None
+    assert trace_seq("garbage") is None
+
+
+def test_with_traceparent_adds_the_attribute_and_leaves_non_objects_alone() -> None:
+    value = orjson.dumps({"specversion": "1.0", "id": "x"})
+    assert orjson.loads(with_traceparent(value, 9))["traceparent"] == traceparent(9)
+    assert with_traceparent(b"not json", 9) == b"not json"
+    assert with_traceparent(b"[1]", 9) == b"[1]"
+
+
+def test_completeness_holds_when_every_decision_is_published_once_in_order() -> None:
+    expected = [_out("a"), _out("b"), _out("c", key="p2")]
+    check = completeness(expected, [_published(o) for o in expected])
+    assert check.ok and check.published == check.expected == 3
+
+
+def test_completeness_counts_missing_duplicated_and_unexpected_decisions() -> None:
+    expected = [_out("a"), _out("b")]
+    published = [_published(_out("a")), _published(_out("a")), _published(_out("z"))]
+    check = completeness(expected, published)
+    assert not check.ok
+    assert (check.missing, check.duplicated, check.unexpected) == (1, 1, 1)
+
+
+def test_completeness_notices_different_data_and_a_different_order() -> None:
+    expected = [_out("a"), _out("b")]
+    assert not completeness(expected, [_published(_out("a", amount=1)), _published(_out("b"))]).ok
+    swapped = completeness(expected, [_published(_out("b")), _published(_out("a"))])
+    assert swapped.missing == 0 and not swapped.order_ok and not swapped.ok
+
+
+def test_the_paced_split_takes_whole_persons_from_the_end() -> None:
+    pop = simulate(60, 5)
+    chosen = split_lanes(pop, 10)
+    assert len(chosen) == 10
+    assert all(index >= 40 for index in chosen)

@@ -1,0 +1,726 @@
+"""End-to-end benchmark: a seeded population through Kafka, PostgreSQL and the three real services.
+
+    python -m tools.bench --persons 100000 --prefill-persons 1000000 --json bench.json
+    python -m tools.bench --persons 5000            # a quick run
+
+Phases, on an isolated topic prefix with fresh databases (as tests/e2e does):
+
+1. prefill (optional, ``--prefill-persons N``): a small template population (``--template-persons``)
+   is streamed through a throw-away stack; its stored rows are then copied into the measured
+   databases server-side, ``N / template`` times, with every indexed text key rewritten
+   (``pf<k>:`` prefix), so the tables and indexes hold N persons of realistic shape without
+   streaming them. Budgets (the only cross-person state) are left untouched.
+2. throughput: every training record of the throughput persons is produced as fast as possible,
+   then (once the subsidy service has consumed every enrollment event, the order the oracle
+   assumes) every assessment record. Throughput = upstream records / (first record produced ->
+   last subsidy decision published), both Kafka record timestamps.
+3. latency: the remaining ``--paced-persons`` are produced at ``--paced-rate`` events/s with a
+   traceparent naming each record; every subsidy decision carries the traceparent of the record
+   that caused it, so latency = decision timestamp - that record's timestamp.
+
+Completeness: every subsidy decision of the offline oracle (tools.expected) is published exactly
+once and nothing else is, with the oracle's per-person order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from shared.contract import topics
+from shared.contract.envelope import headers
+from shared.contract.identity import normalise_national_id
+from services.subsidy.policy import load_policy_dir
+from tests.harness import KAFKA, ROOT, SECRET, ServiceProcess, Stack, wait_for
+from tools.expected import Out, expected_outcome
+from tools.population import ENROLLED, RESULT, Population, Record
+from tools.simulate import simulate
+
+SERVICES = ("enrollment", "assessment", "subsidy")
+INPUTS = {
+    "enrollment": (topics.TRAINING_UPSTREAM,),
+    "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
+    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
+}
+SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "budget_ledger",
+                         "policy_load"})
+TRACE_FLAGS = "-01"
+
+
+# ---- pure parts (unit-tested) ---------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100) by linear interpolation between closest ranks; nan if empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def traceparent(seq: int) -> str:
+    """A W3C traceparent whose trace id names the upstream record ``seq``."""
+    return f"00-{seq:032x}-{1:016x}{TRACE_FLAGS}"
+
+
+def trace_seq(value: str | None) -> int | None:
+    """The record number a traceparent made by :func:`traceparent` names, else None."""
+    if not value or not value.startswith("00-") or len(value) < 35:
+        return None
+    try:
+        return int(value[3:35], 16)
+    except ValueError:
+        return None
+
+
+def with_traceparent(value: bytes, seq: int) -> bytes:
+    """The record value with a traceparent naming ``seq`` (values that are not objects unchanged)."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if not isinstance(obj, dict):
+        return value
+    obj["traceparent"] = traceparent(seq)
+    return orjson.dumps(obj)
+
+
+def decision_key(type: str, id: str, data: dict[str, Any]) -> tuple[str, str, bytes]:
+    return (type, id, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+
+@dataclass
+class Completeness:
+    expected: int
+    published: int
+    missing: int
+    unexpected: int
+    duplicated: int
+    order_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return (self.missing == 0 and self.unexpected == 0 and self.duplicated == 0
+                and self.order_ok and self.published == self.expected)
+
+
+def completeness(expected: Iterable[Out], published: Iterable[dict[str, Any]]) -> Completeness:
+    """Every expected decision published exactly once, nothing else, in the oracle's per-person order."""
+    want: Counter[tuple[str, str, bytes]] = Counter()
+    want_order: dict[str, list[str]] = {}
+    for o in expected:
+        want[decision_key(o.type, o.id, o.data)] += 1
+        want_order.setdefault(o.key, []).append(o.id)
+    got: Counter[tuple[str, str, bytes]] = Counter()
+    got_order: dict[str, list[str]] = {}
+    for e in published:
+        got[decision_key(e["type"], e["id"], e["data"])] += 1
+        got_order.setdefault(e["subject"], []).append(e["id"])
+    missing = sum((want - got).values())
+    extra = got - want
+    duplicated = sum(n for k, n in extra.items() if k in want)
+    unexpected = sum(n for k, n in extra.items() if k not in want)
+    return Completeness(sum(want.values()), sum(got.values()), missing, unexpected, duplicated,
+                        got_order == want_order)
+
+
+def split_lanes(pop: Population, paced: int) -> set[int]:
+    """The person indices for the paced phase: the last ``paced`` whose national ids no other
+    person shares (so splitting the stream in two keeps every person's records in one phase)."""
+    nids: dict[int, set[str]] = {}
+    for record in pop.training + pop.assessment:
+        if b'"national_id"' not in record.value:
+            continue
+        try:
+            obj = orjson.loads(record.value)
+            data = obj["data"]
+            raw = data["trainee"]["national_id"] if obj["type"] == ENROLLED else data["national_id"]
+            nid = normalise_national_id(raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        nids.setdefault(pop.lane(record.key), set()).add(nid)
+    owners: Counter[str] = Counter(n for s in nids.values() for n in s)
+    chosen: set[int] = set()
+    for index in range(pop.persons - 1, -1, -1):
+        if len(chosen) >= paced:
+            break
+        if all(owners[n] == 1 for n in nids.get(index, ())):
+            chosen.add(index)
+    return chosen
+
+
+# ---- machine and process figures ------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    jars = sorted((ROOT / ".state/kafka/libs").glob("kafka_2.13-*.jar"))
+    kafka = jars[0].name.removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "unknown"
+    return {
+        "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
+        "kernel": platform.release(), "python": platform.python_version(), "kafka": kafka,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def proc_figures(pid: int) -> tuple[float, float]:
+    """(peak RSS in MB, CPU seconds) of a process, from /proc."""
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return peak, (int(fields[11]) + int(fields[12])) / ticks
+
+
+# ---- the stack ------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    stack: Stack
+    services: dict[str, ServiceProcess]
+    partitions: int
+
+    async def committed(self, admin: AIOKafkaAdminClient, service: str) -> int:
+        offsets = await admin.list_consumer_group_offsets(self.stack.prefix + service)
+        wanted = {self.stack.topic(t) for t in INPUTS[service]}
+        return sum(m.offset for tp, m in offsets.items() if tp.topic in wanted and m.offset > 0)
+
+    async def end_offsets(self, consumer: AIOKafkaConsumer, names: Iterable[str]) -> dict[str, int]:
+        parts = [TopicPartition(self.stack.topic(n), p) for n in names for p in range(self.partitions)]
+        ends = await consumer.end_offsets(parts)
+        found: Counter[str] = Counter()
+        for tp, end in ends.items():
+            found[tp.topic.removeprefix(self.stack.prefix)] += end
+        return dict(found)
+
+
+class ProfiledService(ServiceProcess):
+    """A service run under cProfile, writing ``<dir>/<name>.prof`` when it stops."""
+
+    profile_dir: Path | None = None
+
+    def start(self, **extra_env: str) -> ServiceProcess:
+        if self.profile_dir is None:
+            return super().start(**extra_env)
+        self.migrate()
+        env = self.environment()
+        env.update(extra_env)
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.profile_dir / f"{self.name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cProfile", "-o", str(self.profile_dir / f"{self.name}.prof"),
+             "-m", f"services.{self.name}", "run"],
+            cwd=ROOT, env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        )
+        return self
+
+
+def service_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {f"{p}_PENDING_WAIT_SECONDS": "3600" for p in ("ENROLLMENT", "ASSESSMENT", "SUBSIDY")}
+    env["LOG_LEVEL"] = "WARNING"
+    for item in args.service_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+async def start_world(args: argparse.Namespace, prefill: int, prefill_template: bool = False) -> World:
+    stack = Stack(prefix=f"b{os.urandom(4).hex()}.")
+    await stack.create_topics(args.partitions)
+    env = service_env(args)
+    services: dict[str, ServiceProcess] = {}
+    for name in SERVICES:
+        service = ProfiledService(name, stack, env=dict(env, TOPIC_PARTITIONS=str(args.partitions)))
+        service.profile_dir = args.profile if not prefill_template else None
+        services[name] = service
+    for service in services.values():
+        service.migrate()
+    if prefill:
+        await prefill_databases(args, stack, prefill)
+    for service in services.values():
+        service.start()
+    for service in services.values():
+        await service.wait_ready(120)
+    return World(stack, services, args.partitions)
+
+
+def stop_world(world: World) -> None:
+    for service in world.services.values():
+        service.stop()
+
+
+async def produce(producer: AIOKafkaProducer, world: World, topic: str, pop: Population,
+                  records: list[Record]) -> float:
+    """Produce in bulk, each person's records to their lane's partition; the first send time."""
+    name = world.stack.topic(topic)
+    hdrs = headers()
+    futures = []
+    first = time.time()
+    for record in records:
+        futures.append(await producer.send(name, value=record.value, key=record.key.encode(),
+                                           partition=pop.lane(record.key) % world.partitions,
+                                           headers=hdrs))
+        if len(futures) >= 20000:
+            await asyncio.gather(*futures)
+            futures = []
+    await asyncio.gather(*futures)
+    return first
+
+
+async def produce_paced(producer: AIOKafkaProducer, world: World, topic: str, pop: Population,
+                        records: list[Record], rate: float, start_seq: int,
+                        sent_at: dict[int, float]) -> None:
+    """Produce at ``rate`` records/s, each with a traceparent naming its number in ``sent_at``."""
+    name = world.stack.topic(topic)
+    hdrs = headers()
+    futures = []
+    began = time.monotonic()
+    for n, record in enumerate(records):
+        due = began + n / rate
+        delay = due - time.monotonic()
+        if delay > 0.002:
+            await asyncio.sleep(delay)
+        seq = start_seq + n
+        value = with_traceparent(record.value, seq)
+        sent_at[seq] = time.time()
+        futures.append(await producer.send(name, value=value, key=record.key.encode(),
+                                           partition=pop.lane(record.key) % world.partitions,
+                                           headers=hdrs))
+    await asyncio.gather(*futures)
+
+
+class Decisions:
+    """Collects a topic (by default the subsidy decisions) in the background."""
+
+    def __init__(self, world: World, topic: str = topics.SUBSIDY_EVENTS, latest: bool = False) -> None:
+        self.world = world
+        self.consumer = AIOKafkaConsumer(
+            world.stack.topic(topic), bootstrap_servers=KAFKA,
+            auto_offset_reset="latest" if latest else "earliest", enable_auto_commit=False,
+            group_id=None, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.values: list[tuple[int, bytes]] = []  # (timestamp ms, value)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=10000)
+            for records in batch.values():
+                self.values.extend((r.timestamp, r.value) for r in records)
+
+    async def caught_up(self) -> bool:
+        assignment = list(self.consumer.assignment())
+        if not assignment:
+            return False
+        ends = await self.consumer.end_offsets(assignment)
+        for tp in assignment:
+            if await self.consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+
+@dataclass
+class Sample:
+    at: float
+    committed: dict[str, int]
+
+
+@dataclass
+class Monitor:
+    """Samples each service's committed offsets and its process figures."""
+
+    world: World
+    admin: AIOKafkaAdminClient
+    samples: list[Sample] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    async def sample(self) -> Sample:
+        committed = {s: await self.world.committed(self.admin, s) for s in SERVICES}
+        s = Sample(time.time(), committed)
+        self.samples.append(s)
+        for name, service in self.world.services.items():
+            if service.proc is not None and service.proc.poll() is None:
+                try:
+                    self.peak_rss_mb[name], self.cpu_seconds[name] = proc_figures(service.proc.pid)
+                except OSError:
+                    pass
+        return s
+
+    async def run(self) -> None:
+        while True:
+            await self.sample()
+            await asyncio.sleep(0.5)
+
+    def rate(self, service: str, since: float, until: float) -> float:
+        """Records per second the service consumed over the sampling intervals in which it made
+        progress (so idle time between the phases does not count)."""
+        window = [s for s in self.samples if since <= s.at <= until]
+        records = seconds = 0.0
+        for a, b in zip(window, window[1:]):
+            if b.committed[service] > a.committed[service]:
+                records += b.committed[service] - a.committed[service]
+                seconds += b.at - a.at
+        return records / seconds if seconds > 0 else 0.0
+
+
+async def wait_consumed(monitor: Monitor, targets: dict[str, int], budget: float, what: str) -> None:
+    async def done() -> bool:
+        s = await monitor.sample()
+        return all(s.committed[k] >= v for k, v in targets.items())
+    await wait_for(done, budget, what)
+
+
+# ---- prefill --------------------------------------------------------------------------------
+
+
+async def prefill_databases(args: argparse.Namespace, target: Stack, persons: int) -> None:
+    """Stream a template population through a throw-away stack, then clone its rows into the
+    target databases ``persons / template`` times with every indexed text key rewritten."""
+    began = time.monotonic()
+    template = min(args.template_persons, persons)
+    copies = max(1, round(persons / template))
+    print(f"prefill: streaming a {template}-person template, then {copies} copies "
+          f"(= {template * copies} persons)", flush=True)
+    tpl_args = argparse.Namespace(**vars(args))
+    world = await start_world(tpl_args, 0, prefill_template=True)
+    try:
+        pop = simulate(template, args.seed + 7919, disorder=False)
+        await stream_two_phases(world, pop, pop.training, pop.assessment, None, 600)
+    finally:
+        stop_world(world)
+    for name in SERVICES:
+        source = await asyncpg.connect(world.stack.db_url(name))
+        dest = await asyncpg.connect(target.db_url(name))
+        try:
+            await clone_tables(source, dest, copies)
+        finally:
+            await source.close()
+            await dest.close()
+    await world.stack.drop_databases()
+    print(f"prefill: done in {time.monotonic() - began:.0f} s", flush=True)
+
+
+async def clone_tables(source: asyncpg.Connection, dest: asyncpg.Connection, copies: int) -> None:
+    tables = [r["relname"] for r in await source.fetch(
+        "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY relname")]
+    for table in tables:
+        if table in SKIP_TABLES:
+            continue
+        columns = await source.fetch(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
+            "pg_get_expr(d.adbin, d.adrelid) AS default, "
+            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid "
+            "        AND a.attnum = ANY(i.indkey)) AS indexed "
+            "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            table,
+        )
+        keep = [c for c in columns if not (c["default"] or "").startswith("nextval(")]
+        names = [c["attname"] for c in keep]
+        staging = f"bench_tpl_{table}"
+        cols = ", ".join(f'"{n}"' for n in names)
+        await dest.execute(f'CREATE TEMP TABLE "{staging}" AS SELECT {cols} FROM "{table}" WITH NO DATA')
+        buffer = _Buffer()
+        await source.copy_from_table(table, columns=names, output=buffer.write, format="binary")
+        await dest.copy_to_table(staging, source=buffer.read(), columns=names, format="binary")
+        exprs = [
+            f"""'pf' || g || ':' || "{c['attname']}\"""" if c["indexed"] and c["type"] == "text"
+            else f'"{c["attname"]}"' for c in keep
+        ]
+        await dest.execute(
+            f'INSERT INTO "{table}" ({cols}) SELECT {", ".join(exprs)} '
+            f'FROM "{staging}", generate_series(1, {copies}) g'
+        )
+        await dest.execute(f'DROP TABLE "{staging}"')
+    await dest.execute("ANALYZE")
+
+
+class _Buffer:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(bytes(chunk))
+
+    def read(self) -> Any:
+        chunks = self.chunks
+
+        async def gen() -> Any:
+            for c in chunks:
+                yield c
+        return gen()
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+async def stream_two_phases(world: World, pop: Population, training: list[Record],
+                            assessment: list[Record], monitor: Monitor | None, budget: float) -> float:
+    """Produce training, wait until it is consumed everywhere, produce assessment, wait; the
+    time the first record was sent."""
+    own_admin = None
+    if monitor is None:
+        own_admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await own_admin.start()
+        monitor = Monitor(world, own_admin)
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        first = await produce(producer, world, topics.TRAINING_UPSTREAM, pop, training)
+        await settle(world, monitor, budget)
+        await produce(producer, world, topics.ASSESSMENT_UPSTREAM, pop, assessment)
+        await settle(world, monitor, budget)
+        return first
+    finally:
+        await producer.stop()
+        if own_admin is not None:
+            await own_admin.close()
+
+
+async def settle(world: World, monitor: Monitor, budget: float) -> None:
+    """Wait until every service has consumed everything upstream of it and emptied its outbox."""
+    probe = AIOKafkaConsumer(bootstrap_servers=KAFKA, group_id=None)
+    await probe.start()
+    try:
+        for name in SERVICES:
+            ends = await world.end_offsets(probe, INPUTS[name])
+            await wait_consumed(monitor, {name: sum(ends.values())}, budget, f"{name} consumed its input")
+            conn = await world.services[name].db()
+            try:
+                await wait_for(lambda c=conn: _empty(c), budget, f"{name} outbox drained")
+            finally:
+                await conn.close()
+    finally:
+        await probe.stop()
+
+
+async def _empty(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM outbox)"))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    info = machine()
+    began = time.monotonic()
+    print(f"simulating {args.persons} persons (seed {args.seed})...", flush=True)
+    pop = simulate(args.persons, args.seed, disorder=args.disorder)
+    paced_lanes = split_lanes(pop, min(args.paced_persons, args.persons // 5))
+    outcome = expected_outcome(pop, load_policy_dir(ROOT / "services/subsidy/policies"), SECRET)
+    fast_t = [r for r in pop.training if pop.lane(r.key) not in paced_lanes]
+    fast_a = [r for r in pop.assessment if pop.lane(r.key) not in paced_lanes]
+    slow_t = [r for r in pop.training if pop.lane(r.key) in paced_lanes]
+    slow_a = [r for r in pop.assessment if pop.lane(r.key) in paced_lanes]
+    print(f"  {len(fast_t) + len(fast_a)} records for throughput, {len(slow_t) + len(slow_a)} paced; "
+          f"{len(outcome.subsidy)} expected decisions ({time.monotonic() - began:.0f} s)", flush=True)
+
+    world = await start_world(args, args.prefill_persons)
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    monitor = Monitor(world, admin)
+    await monitor.sample()
+    decisions = Decisions(world)
+    await decisions.start()
+    sampler = asyncio.create_task(monitor.run())
+    budget = 600 + args.persons / 20
+    try:
+        # Throughput.
+        print("throughput phase...", flush=True)
+        start = time.time()
+        first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget)
+        await wait_for(decisions.caught_up, 120, "the decision collector caught up")
+        await asyncio.sleep(1.0)
+        await wait_for(decisions.caught_up, 120, "the decision collector caught up")
+        end_ms = max((ts for ts, _ in decisions.values), default=int(time.time() * 1000))
+        seconds = end_ms / 1000 - first
+        phase_end = time.time()
+        fast_events = len(fast_t) + len(fast_a)
+        per_service = {s: monitor.rate(s, start, phase_end) for s in SERVICES}
+        consumed = {s: monitor.samples[-1].committed[s] - monitor.samples[0].committed[s] for s in SERVICES}
+        n_fast_decisions = len(decisions.values)
+
+        # Latency.
+        print(f"latency phase at {args.paced_rate:g} events/s...", flush=True)
+        sent_at: dict[int, float] = {}
+        hops = Decisions(world, topics.ENROLLMENT_EVENTS, latest=True)
+        await hops.start()
+        await wait_for(lambda: bool(hops.consumer.assignment()), 30, "hop collector assigned")
+        for tp in hops.consumer.assignment():
+            await hops.consumer.position(tp)
+        producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=1)
+        await producer.start()
+        try:
+            await produce_paced(producer, world, topics.TRAINING_UPSTREAM, pop, slow_t,
+                                args.paced_rate, 1, sent_at)
+            await settle(world, monitor, budget)
+            await produce_paced(producer, world, topics.ASSESSMENT_UPSTREAM, pop, slow_a,
+                                args.paced_rate, 1 + len(slow_t), sent_at)
+            await settle(world, monitor, budget)
+        finally:
+            await producer.stop()
+        await asyncio.sleep(1.0)
+        await wait_for(decisions.caught_up, 120, "the decision collector caught up")
+        await wait_for(hops.caught_up, 120, "the hop collector caught up")
+        await hops.stop()
+        await monitor.sample()
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+        await decisions.stop()
+        await admin.close()
+        stop_world(world)
+        if not args.keep:
+            await world.stack.drop_databases()
+
+    latencies = []
+    published = []
+    for n, (ts, value) in enumerate(decisions.values):
+        event = orjson.loads(value)
+        published.append(event)
+        seq = trace_seq(event.get("traceparent"))
+        if n >= n_fast_decisions and seq is not None and seq in sent_at:
+            latencies.append(ts / 1000 - sent_at[seq])
+    check = completeness(outcome.subsidy, published)
+    first_hop = []
+    for ts, value in hops.values:
+        seq = trace_seq(orjson.loads(value).get("traceparent"))
+        if seq is not None and seq in sent_at:
+            first_hop.append(ts / 1000 - sent_at[seq])
+    return {
+        "machine": info,
+        "command": " ".join(sys.argv),
+        "persons": args.persons, "seed": args.seed, "prefill_persons": args.prefill_persons,
+        "partitions": args.partitions, "service_env": service_env(args),
+        "throughput": {
+            "upstream_events": fast_events, "seconds": round(seconds, 2),
+            "events_per_second": round(fast_events / seconds, 0) if seconds > 0 else 0,
+            "decisions": n_fast_decisions,
+            "per_service_records_per_second": {k: round(v) for k, v in per_service.items()},
+            "per_service_records_consumed": consumed,
+        },
+        "latency": {
+            "rate": args.paced_rate, "upstream_events": len(slow_t) + len(slow_a),
+            "decisions": len(latencies),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "p95_ms": round(percentile(latencies, 95) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+            "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
+            "enrollment_hop_p50_ms": round(percentile(first_hop, 50) * 1000, 1),
+            "enrollment_hop_p99_ms": round(percentile(first_hop, 99) * 1000, 1),
+        },
+        "services": {s: {"peak_rss_mb": round(monitor.peak_rss_mb.get(s, 0), 1),
+                         "cpu_seconds": round(monitor.cpu_seconds.get(s, 0), 1)} for s in SERVICES},
+        "completeness": asdict(check) | {"ok": check.ok},
+        "wall_seconds": round(time.monotonic() - began, 1),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    m, t, lat, c = result["machine"], result["throughput"], result["latency"], result["completeness"]
+    lines = [
+        f"machine: {m['cores']} cores, {m['memory_gb']} GB, {m['cpu']}, Linux {m['kernel']}, "
+        f"Python {m['python']}, Kafka {m['kafka']} (load avg at start {m['load_average_at_start']})",
+        f"population: {result['persons']} persons, seed {result['seed']}, "
+        f"{result['prefill_persons']} prefilled, {result['partitions']} partitions",
+        "",
+        f"{'metric':44} {'value':>14}",
+        f"{'end-to-end throughput (upstream events/s)':44} {t['events_per_second']:>14,.0f}",
+        f"{'  upstream events / seconds':44} {t['upstream_events']:>7} / {t['seconds']:<6}",
+    ]
+    for s, v in t["per_service_records_per_second"].items():
+        lines.append(f"{'  ' + s + ' records consumed/s':44} {v:>14,}")
+    lines += [
+        f"{'latency at ' + format(lat['rate'], 'g') + ' events/s p50 (ms)':44} {lat['p50_ms']:>14}",
+        f"{'  p95 (ms)':44} {lat['p95_ms']:>14}",
+        f"{'  p99 (ms)':44} {lat['p99_ms']:>14}",
+        f"{'  max (ms), decisions measured':44} {lat['max_ms']:>7}, {lat['decisions']}",
+        f"{'  first hop (upstream -> enrollment event) p50/p99':44} "
+        f"{lat['enrollment_hop_p50_ms']:>7} / {lat['enrollment_hop_p99_ms']}",
+    ]
+    for s, v in result["services"].items():
+        lines.append(f"{'  ' + s + ' peak RSS (MB) / CPU (s)':44} {v['peak_rss_mb']:>7} / {v['cpu_seconds']}")
+    verdict = "OK: every expected decision published exactly once" if c["ok"] else "INCOMPLETE"
+    lines += [
+        f"completeness: {verdict} ({c['published']} published, {c['expected']} expected, "
+        f"{c['missing']} missing, {c['unexpected']} unexpected, {c['duplicated']} duplicated, "
+        f"per-person order {'ok' if c['order_ok'] else 'DIFFERS'})",
+        f"wall time {result['wall_seconds']} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=100000)
+    parser.add_argument("--seed", type=int, default=20260301)
+    parser.add_argument("--paced-rate", type=float, default=2000.0, help="events/s in the latency phase")
+    parser.add_argument("--paced-persons", type=int, default=2000, help="persons streamed paced")
+    parser.add_argument("--prefill-persons", type=int, default=0,
+                        help="persons stored before the run (1000000 in the full run)")
+    parser.add_argument("--template-persons", type=int, default=2000,
+                        help="size of the streamed template the prefill clones")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--disorder", action="store_true")
+    parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the services, e.g. SUBSIDY_BATCH_MAX_RECORDS=5000")
+    parser.add_argument("--profile", type=Path, help="run the services under cProfile, writing here")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    print(table(result))
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0 if result["completeness"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
