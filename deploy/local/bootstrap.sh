@@ -15,6 +15,7 @@ ensure_maven
 ensure_postgres
 ensure_cmd make make
 ensure_cmd promtool prometheus  # alert rules are validated with promtool in the tests
+ensure_cmd chromium chromium    # headless rendering check of the demo's HTML report
 
 # --- Python venv ---------------------------------------------------------------------------------
 VENV="$ROOT/.venv"

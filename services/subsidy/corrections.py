@@ -368,7 +368,7 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         "UPDATE person_state SET state = s.state, updated_at = now() "
         "FROM unnest($1::text[], $2::text[]) AS s(person_id, state) "
         "WHERE person_state.person_id = s.person_id",
-        list(changed), [orjson.dumps(s.to_json()).decode() for s in changed.values()])
+        list(changed), [s.to_json_text() for s in changed.values()])
     await conn.copy_records_to_table("decision", records=rows, columns=(
         "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason",
         "amount_fen", "fund", "payee_kind", "grant_id", "decided_on", "payload"))

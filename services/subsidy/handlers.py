@@ -122,7 +122,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
                 "INSERT INTO person_state (person_id, state) "
                 "SELECT * FROM unnest($1::text[], $2::text[]) "
                 "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state, updated_at = now()",
-                list(touched), [orjson.dumps(s.to_json()).decode() for s in touched.values()],
+                list(touched), [s.to_json_text() for s in touched.values()],
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)

@@ -15,6 +15,8 @@ from datetime import date
 from enum import Enum, StrEnum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import orjson
+
 from .facts import (
     AssessmentResult,
     CertificateIssued,
@@ -165,6 +167,12 @@ class PersonState:
 
     def to_json(self) -> dict[str, Any]:
         return typing.cast(dict[str, Any], encode(self))
+
+    def to_json_text(self) -> str:
+        """The same JSON as ``to_json``, serialised natively by orjson: dataclasses, dates and
+        enums map exactly as ``encode`` maps them (a unit test holds the two equal), at a
+        fraction of the cost on the subsidy service's hot path."""
+        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS).decode()
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> PersonState:

@@ -68,3 +68,21 @@ def test_grant_payload_has_exactly_the_contract_fields_and_a_deterministic_id() 
     again = World()
     again.enroll("suqian", categories=("poor_labor",), ref=ref)
     assert again.complete(ref)[0].event_id == grant.event_id
+
+
+
+def test_the_native_state_serialisation_equals_the_generic_one() -> None:
+    import orjson
+
+    from .world import World, employer
+
+    w = World()
+    ref = w.enroll("beijing", categories=("enterprise_employee",), insured_months=14,
+                   employer=employer(hardship=True), level="senior", payer="employer")
+    w.complete(ref)
+    w.certify(ref, kind="qualification")
+    w.enroll("suqian", categories=("low_income",), rural=True, ref="S/1")
+    state = w.state()
+    assert state.grant_log and state.fact_log
+    assert state.to_json_text() == orjson.dumps(state.to_json()).decode()
+    assert type(state).from_json(orjson.loads(state.to_json_text())).to_json() == state.to_json()
