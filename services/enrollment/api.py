@@ -60,17 +60,19 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
         pid = request.path_params["person_id"]
         rows = await pool.fetch(QUERY + "WHERE e.person_id = $1 ORDER BY e.start_date, e.enrollment_ref", pid)
         rejections = await pool.fetch(
-            "SELECT enrollment_ref, reason, detail FROM enrollment_rejection WHERE person_id = $1", pid
+            "SELECT enrollment_ref, agency, reason, detail FROM enrollment_rejection"
+            " WHERE person_id = $1",
+            pid,
         )
         if not rows and not rejections:
             return JSONResponse({"error": "not_found"}, status_code=404)
         if not who.auditor:
-            # A rejection records no agency (the enrollment never existed), so only auditors
-            # see rejections; an agency sees the person only through its own enrollments.
+            # An agency sees the person only through its own enrollments and rejections
+            # (rejections stored before migration 0002 carry no agency: auditors only).
             rows = [r for r in rows if who.sees(r["agency"])]
-            rejections = []
-            if not rows:
-                raise auth.Forbidden("this person has no enrollment in your agency")
+            rejections = [r for r in rejections if r["agency"] is not None and who.sees(r["agency"])]
+            if not rows and not rejections:
+                raise auth.Forbidden("this person has no record in your agency")
         return JSONResponse({
             "person_id": pid,
             "enrollments": [_enrollment(r) for r in rows],

@@ -50,7 +50,7 @@ class Batch:
         self.trainees: dict[str, tuple[bytes, bytes]] = {}
         self.attendance: dict[tuple[str, dt.date], Decimal] = {}
         self.months: list[tuple[str, str, int, int]] = []
-        self.rejections: list[tuple[str, str, str, str | None, str, str]] = []
+        self.rejections: list[tuple[str, str, str, str | None, str, str, str]] = []
         self.parked: list[tuple[str, Incoming]] = []
 
     # ---- loading ----------------------------------------------------------------------
@@ -241,7 +241,8 @@ class Batch:
 
     def reject(self, item: Incoming, pid: str | None, reason: str, detail: str) -> None:
         data: ev.TraineeEnrolled = item.event.data  # type: ignore[assignment]
-        self.rejections.append((item.event.source, item.event.id, data.enrollment_ref, pid, reason, detail))
+        self.rejections.append((item.event.source, item.event.id, data.enrollment_ref, pid, reason,
+                                detail, item.event.agencyid))
         payload = ev.EnrollmentRejected(
             enrollment_ref=data.enrollment_ref, person_id=pid, reason=reason, detail=detail
         )
@@ -322,10 +323,12 @@ class Batch:
                 columns=("enrollment_ref", "month", "wages_fen", "month_index"),
             )
         if self.rejections:
-            await self.conn.executemany(
-                "INSERT INTO enrollment_rejection (source, id, enrollment_ref, person_id, reason, detail)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                self.rejections,
+            columns = list(zip(*self.rejections, strict=True))
+            await self.conn.execute(
+                "INSERT INTO enrollment_rejection (source, id, enrollment_ref, person_id, reason,"
+                " detail, agency) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+                " $4::text[], $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
+                *(list(c) for c in columns),
             )
         if self.parked:
             await self.conn.copy_records_to_table(

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared.contract.envelope import CloudEvent, DecodeError, decode
-from shared.runtime import metrics
+from shared.runtime import logs, metrics
 from shared.runtime.outbox import Outbox, RawRecord, Relay
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,14 @@ class BatchConsumer:
         metrics.BATCH_SIZE.observe(len(records))
         out = self.make_outbox()
         decoded = decode_records(records, self.agencies, out, out.topic_prefix)
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim(conn, decoded, out)
-            if fresh:
-                await self.handler(conn, fresh, out)
-            await out.flush(conn)
+        # Every line logged while this batch is handled carries its trace ids (W3C traceparent).
+        with logs.context(**logs.batch_fields([i.event for i in decoded])):
+            async with self.pool.acquire() as conn, conn.transaction():
+                fresh = await claim(conn, decoded, out)
+                if fresh:
+                    await self.handler(conn, fresh, out)
+                await out.flush(conn)
+            log.debug("batch committed", extra={"records": len(records), "fresh": len(fresh)})
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self.relay.wake.set()
         if self.crash_after_db_commit:
