@@ -45,7 +45,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
         if raw is None:
             return _error(404, "not_found", f"no subsidy decisions for {pid[:60]}")
-        state = PersonState.from_json(orjson.loads(raw))
+        state = PersonState.from_json_text(raw)
         if not _has_record_in(state, who):
             raise auth.Forbidden("this person has no record in your agency")
         live = {g.grant_id for g in live_grants(state)}

@@ -303,7 +303,7 @@ async def _chunk(conn: asyncpg.Connection, persons: list[str], scenario: PolicyS
     changed: dict[str, PersonState] = {}
     planned: list[Correction] = []
     for row in rows:
-        state = PersonState.from_json(orjson.loads(row["state"]))
+        state = PersonState.from_json_text(row["state"])
         if not scope.concerns(state):
             continue
         if unlogged(state):

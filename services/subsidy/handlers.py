@@ -73,7 +73,7 @@ async def load_states(conn: asyncpg.Connection, persons: list[str]) -> dict[str,
         "ORDER BY person_id FOR UPDATE",
         persons,
     )
-    return {r["person_id"]: PersonState.from_json(orjson.loads(r["state"])) for r in rows}
+    return {r["person_id"]: PersonState.from_json_text(r["state"]) for r in rows}
 
 
 async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:

@@ -15,6 +15,7 @@ from datetime import date
 from enum import Enum, StrEnum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import msgspec
 import orjson
 
 from .facts import (
@@ -35,6 +36,11 @@ from .outputs import (
     SubsidyRejected,
     SubsidyReversed,
 )
+
+
+@functools.cache
+def _state_decoder() -> msgspec.json.Decoder[PersonState]:
+    return msgspec.json.Decoder(PersonState)
 
 
 def encode(value: Any) -> Any:
@@ -177,6 +183,13 @@ class PersonState:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> PersonState:
         return typing.cast(PersonState, decode(cls, raw))
+
+    @classmethod
+    def from_json_text(cls, text: str | bytes) -> PersonState:
+        """``to_json_text``'s inverse, decoded by msgspec straight into the dataclasses: the
+        same objects as ``from_json(orjson.loads(text))`` (a unit test holds them equal), about
+        five times faster, which matters because every batch loads its persons' states."""
+        return _state_decoder().decode(text)
 
     def live_grants(self) -> list[Grant]:
         return [g for g in self.grant_log if g.live]

@@ -238,7 +238,7 @@ async def states_of(conn: asyncpg.Connection, agency: str,
         "SELECT state FROM person_state WHERE strpos(state, $1) > 0 ORDER BY person_id",
         needle, prefetch=chunk,
     ):
-        yield PersonState.from_json(orjson.loads(row["state"]))
+        yield PersonState.from_json_text(row["state"])
 
 
 async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:

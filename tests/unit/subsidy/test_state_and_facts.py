@@ -86,3 +86,4 @@ def test_the_native_state_serialisation_equals_the_generic_one() -> None:
     assert state.grant_log and state.fact_log
     assert state.to_json_text() == orjson.dumps(state.to_json()).decode()
     assert type(state).from_json(orjson.loads(state.to_json_text())).to_json() == state.to_json()
+    assert type(state).from_json_text(state.to_json_text()) == state
