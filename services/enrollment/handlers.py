@@ -52,11 +52,20 @@ class Batch:
         self.months: list[tuple[str, str, int, int]] = []
         self.rejections: list[tuple[str, str, str, str | None, str, str, str]] = []
         self.parked: list[tuple[str, Incoming]] = []
+        self.waiting: dict[str, list[asyncpg.Record]] = {}  # stored pending rows by ref
+        self.replayed: list[int] = []  # pending rows applied in this batch (deleted at store)
 
     # ---- loading ----------------------------------------------------------------------
 
     async def load(self, items: list[Incoming]) -> None:
         refs = {i.event.data.enrollment_ref for i in items}  # type: ignore[attr-defined]
+        enrolled = [i.event.data.enrollment_ref for i in items if i.event.type == ENROLLED]  # type: ignore[attr-defined]
+        for row in await self.conn.fetch(
+            "SELECT seq, ref, topic, partition, \"offset\", key, value FROM pending "
+            "WHERE ref = ANY($1::text[]) ORDER BY seq FOR UPDATE",
+            enrolled,
+        ):
+            self.waiting.setdefault(row["ref"], []).append(row)
         persons = set()
         for item in items:
             if item.event.type == ENROLLED:
@@ -73,6 +82,10 @@ class Batch:
         for row in rows:
             self._remember(_from_row(row))
         closing = [i.event.data.enrollment_ref for i in items if i.event.type in (FINISHED, WITHDRAWN)]  # type: ignore[attr-defined]
+        for ref in closing:
+            # Known to be complete once the bulk query below has run: no per-enrollment query.
+            if ref in self.enrollments and self.enrollments[ref].attendance is None:
+                self.enrollments[ref].attendance = {}
         for row in await self.conn.fetch(
             "SELECT enrollment_ref, date, hours FROM attendance WHERE enrollment_ref = ANY($1::text[])",
             closing,
@@ -263,15 +276,13 @@ class Batch:
         """Apply, in arrival order, the records that waited for this enrollment."""
         earlier = [i for r, i in self.parked if r == ref]
         self.parked = [(r, i) for r, i in self.parked if r != ref]
-        rows = await self.conn.fetch(
-            "DELETE FROM pending WHERE ref = $1 RETURNING seq, topic, partition, \"offset\", key, value",
-            ref,
-        )
+        rows = self.waiting.pop(ref, [])
+        self.replayed.extend(r["seq"] for r in rows)
         stored = [
             Incoming(decode(bytes(r["value"]), topics.TRAINING_UPSTREAM),
                      RawRecord(r["topic"], r["partition"], r["offset"],
                                r["key"].encode() if r["key"] is not None else None, bytes(r["value"])))
-            for r in sorted(rows, key=lambda r: r["seq"])
+            for r in rows
         ]
         for item in stored + earlier:
             enr = self.enrollments[ref]
@@ -282,6 +293,8 @@ class Batch:
     # ---- storing ------------------------------------------------------------------------
 
     async def store(self) -> None:
+        if self.replayed:
+            await self.conn.execute("DELETE FROM pending WHERE seq = ANY($1::bigint[])", self.replayed)
         if self.trainees:
             await self.conn.execute(
                 "INSERT INTO trainee (person_id, national_id_enc, name_enc) "
