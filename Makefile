@@ -2,13 +2,14 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status test demo bench stack-up stack-down services-up services-down schemas asyncapi
+.PHONY: help venv up down status test demo bench stack-up stack-down services-up services-down schemas asyncapi test-faults
 
 help:
 	@echo "make up       start Kafka, PostgreSQL and the three services; returns when all are ready"
 	@echo "make down     stop everything make up started"
 	@echo "make status   one line per component"
 	@echo "make test     set up and run the whole test suite (starts the stack if needed)"
+	@echo "make test-faults  only the fault-injection suite (private Kafka and PostgreSQL, ~6 min)"
 	@echo "make demo     run the multi-agency end-to-end flow on the real stack and print a report"
 	@echo "make bench    end-to-end benchmark on the real stack (BENCH_ARGS='--persons 5000' for a quick run)"
 	@echo "make schemas  regenerate contract/schemas/*.json from the contract models"
@@ -41,6 +42,9 @@ status:
 
 test: stack-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-faults: stack-up
+	$(PY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
 demo: up
 	$(PY) -m tools.demo $(DEMO_ARGS)

@@ -9,8 +9,9 @@
 #   reset   stop and wipe the data dir and cluster id (jars are kept)
 #
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_PARTITIONS (12),
-#      KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (60 s), KAFKA_HEAP_OPTS (-Xms512m -Xmx1g)
-# State: .state/kafka/{libs,data,kafka.properties,cluster.id,kafka.pid,server.log,kafka.out}
+#      KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (60 s), KAFKA_HEAP_OPTS (-Xms512m -Xmx1g),
+#      STACK_STATE (state directory instead of .state; see lib.sh)
+# State: $STATE/kafka/{libs,data,kafka.properties,cluster.id,kafka.pid,server.log,kafka.out}
 set -euo pipefail
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -175,7 +176,7 @@ cmd_start() {
       warn "kafka: broker exited during startup; last log lines:"
       tail -n 30 "$KDIR/kafka.out" >&2 || true
       tail -n 30 "$KDIR/server.log" >&2 2>/dev/null || true
-      die "kafka: failed to start (logs: .state/kafka/server.log, .state/kafka/kafka.out)"
+      die "kafka: failed to start (logs: $KDIR/server.log, $KDIR/kafka.out)"
     fi
     if [ "$phase" = port ] && port_open "$KAFKA_PORT"; then phase=metadata; fi
     if [ "$phase" = metadata ]; then

@@ -1,9 +1,12 @@
 # shellcheck shell=bash
 # Shared helpers for deploy/local/*.sh. Sourced, never executed.
 # Sets ROOT (repo root), STATE (.state), and helpers for logging, deadlines and apt installs.
+# STACK_STATE overrides STATE, so a second, private Kafka and PostgreSQL (with their own
+# KAFKA_PORT, KAFKA_CONTROLLER_PORT and PGPORT) can run beside the default ones, e.g. for the
+# fault tests: STACK_STATE=/tmp/x KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 PGPORT=15432.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
-STATE="$ROOT/.state"
+STATE="${STACK_STATE:-$ROOT/.state}"
 LOCAL_DIR="$ROOT/deploy/local"
 
 log()  { printf '%s\n' "$*"; }

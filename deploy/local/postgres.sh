@@ -8,7 +8,8 @@
 #   reset   stop and wipe the cluster
 #
 # Env: PGPORT (5432), PG_DATABASES ("enrollment assessment subsidy"), PG_START_TIMEOUT (60 s),
-#      PG_BIN (server binaries dir; default newest /usr/lib/postgresql/*/bin)
+#      PG_BIN (server binaries dir; default newest /usr/lib/postgresql/*/bin),
+#      STACK_STATE (state directory instead of .state; see lib.sh)
 # Connect: psql -h 127.0.0.1 -p $PGPORT -U postgres -d subsidy   (no password: trust, see pg_hba below)
 #
 # State: .state/pg/{data,postgres.log,sock}. PostgreSQL refuses to run as root, so as root the
@@ -41,7 +42,8 @@ resolve_pgroot() {
   if (cd / && runuser -u postgres -- test -x "$STATE"); then
     printf '%s\n' "$PGLINK"
   else
-    printf '/var/tmp/skills-pg-%s\n' "$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    # keyed by the project path, or by the state directory when STACK_STATE overrides it
+    printf '/var/tmp/skills-pg-%s\n' "$(printf '%s' "${STACK_STATE:+$STATE}${STACK_STATE:-$ROOT}" | sha256sum | cut -c1-12)"
   fi
 }
 

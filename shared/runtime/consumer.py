@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared.contract.envelope import CloudEvent, DecodeError, decode
-from shared.runtime import logs, metrics
+from shared.runtime import db, logs, metrics
 from shared.runtime.outbox import Outbox, RawRecord, Relay
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class BatchConsumer:
                 continue
             try:
                 await self.process(batch)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.DATABASE_ERRORS as exc:
                 # The database is unreachable or failed: nothing was committed, so rewind to
                 # the batch's first offsets and try again after a bounded backoff.
                 self.healthy = False

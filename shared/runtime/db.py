@@ -15,6 +15,13 @@ import asyncpg
 
 RUNTIME_MIGRATIONS = Path(__file__).with_name("migrations")
 
+# What a lost or restarting database raises: the batch, relay or sweep is retried with a
+# bounded backoff, never left to kill its task. InternalClientError is asyncpg's own state
+# error when a connection dies mid-operation (seen on COMMIT during a fast shutdown).
+DATABASE_ERRORS = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+)
+
 
 class SchemaBehind(RuntimeError):
     """The database lacks migrations the code needs; run the service's ``migrate`` command."""

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from shared.contract import envelope
 from shared.contract.events import TYPE_OF, Payload
 from shared.runtime import metrics
+from shared.runtime.db import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +136,33 @@ def _json(value: Any) -> str:
 class Relay:
     """Publishes outbox rows in order; one relay per database holds the lock at a time."""
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, batch_size: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        batch_size: int,
+        make_producer: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self.pool = pool
         self.producer = producer
         self.batch_size = batch_size
+        self.make_producer = make_producer
         self.wake = asyncio.Event()
         self.healthy = True
+        self.kafka_failures = 0
+
+    async def renew_producer(self) -> None:
+        """A fresh idempotent producer: after a broker outage the old one's sequence numbers
+        may no longer match the broker's (OutOfOrderSequenceNumber forever). Safe because the
+        rows stay in the outbox and are published again with the same ids."""
+        if self.make_producer is None:
+            return
+        old, self.producer = self.producer, self.make_producer()
+        try:
+            await old.stop()
+        except Exception as exc:  # the old producer is being thrown away either way
+            log.warning("stopping the old producer failed", extra={"error": repr(exc)})
+        await self.producer.start()
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
@@ -151,7 +174,7 @@ class Relay:
                 sent = await self.publish_once()
                 self.healthy = True
                 backoff = 0.1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 self.healthy = False
                 log.warning("outbox relay failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(backoff)
@@ -159,10 +182,18 @@ class Relay:
                 continue
             except Exception as exc:  # a Kafka error: keep the rows, retry with a bound
                 self.healthy = False
+                self.kafka_failures += 1
                 log.warning("outbox relay could not publish", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                if self.kafka_failures >= 3:
+                    try:
+                        await self.renew_producer()
+                        self.kafka_failures = 0
+                    except Exception as renew:  # broker still away: try again later
+                        log.warning("producer renewal failed", extra={"error": repr(renew)})
                 continue
+            self.kafka_failures = 0
             if sent == 0:
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=0.5)

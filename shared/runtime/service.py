@@ -210,7 +210,7 @@ async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
             async with runtime.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1")
             runtime.db_ok = True
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (*db.DATABASE_ERRORS, TimeoutError):
             runtime.db_ok = False
         await _sleep_unless(stopping, 2.0)
 
@@ -224,7 +224,7 @@ async def _sweeper(
         try:
             await sweep(pool, settings, dt.datetime.fromtimestamp(max(cutoff, 0), dt.UTC))
             relay.wake.set()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("sweep failed", extra={"error": repr(exc)})
         await _sleep_unless(stopping, settings.sweep_interval_seconds)
 
@@ -265,15 +265,18 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     await db.check_schema(pool, definition.directory)
     if definition.on_start is not None:
         await definition.on_start(pool, settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        compression_type=None,
-        **kafka,
-    )
+    def make_producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            compression_type=None,
+            **kafka,
+        )
+
+    producer = make_producer()
     consumer = AIOKafkaConsumer(
         *(settings.topic(t) for t in definition.topics),
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -286,7 +289,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     )
     await producer.start()
     await consumer.start()
-    relay = Relay(pool, producer, settings.relay_batch_size)
+    relay = Relay(pool, producer, settings.relay_batch_size, make_producer)
 
     def make_outbox() -> Outbox:
         return Outbox(
@@ -330,17 +333,21 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     log.info("service started", extra={"http_port": settings.http_port, "group": settings.group_id})
     stop_wait = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = False
     for task in done:
         if task is not stop_wait and task.exception() is not None:
             log.error("task failed", exc_info=task.exception(), extra={"task": task.get_name()})
-            stopping.set()
+            failed = True
     stopping.set()
     server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await consumer.stop()
-    await producer.stop()
+    await relay.producer.stop()
     await pool.close()
     log.info("service stopped")
+    if failed:
+        # A supervisor (systemd, Kubernetes, make up's operator) must see a failure and restart.
+        raise SystemExit(1)
 
 
 def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> None:
