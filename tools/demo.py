@@ -455,6 +455,10 @@ async def run_demo(options: Options, console: Console | None = None) -> tuple[Re
     report = await demo.run()
     path = write_report(report, options.report or Path("reports") / f"demo-{report.seed}.html")
     console.print(terminal_summary(report, path))
+    console.print("Metrics (Prometheus text): " + "  ".join(
+        f"{options.urls[s]}/metrics" for s in SERVICES))
+    console.print("Scrape config and alert rules: deploy/prometheus/; dashboard: "
+                  "deploy/grafana/ (docs/OPERATIONS.md, docs/METRICS.md)")
     return report, path
 
 
