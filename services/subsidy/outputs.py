@@ -5,39 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, ClassVar
+
+from shared.contract.vocabulary import RejectionReason, ReversalReason, SubsidyStage
 
 SUBSIDY = "skills.subsidy."
 
 
-class Stage(StrEnum):
-    FULL = "full"
-    ADVANCE = "advance"
-    SETTLEMENT = "settlement"
-
-
-class RejectionReason(StrEnum):
-    """In the order POLICY §5 checks them; the first failing one is reported."""
-
-    PENSION_ELIGIBLE = "pension_eligible"
-    CERTIFICATE_KIND_NOT_COVERED = "certificate_kind_not_covered"
-    INELIGIBLE_CATEGORY = "ineligible_category"
-    INSUFFICIENT_INSURANCE = "insufficient_insurance"
-    OUTSIDE_HIRE_WINDOW = "outside_hire_window"
-    INSUFFICIENT_HOURS = "insufficient_hours"
-    AMOUNT_NOT_CONFIGURED = "amount_not_configured"
-    DUPLICATE_PROJECT = "duplicate_project"
-    DUPLICATE_OCCUPATION_LEVEL = "duplicate_occupation_level"
-    NOT_STACKABLE = "not_stackable"
-    ANNUAL_LIMIT = "annual_limit"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-
-
-class ReversalReason(StrEnum):
-    CERTIFICATE_REVOKED = "certificate_revoked"
-    ADVANCE_NOT_EARNED = "advance_not_earned"
-    ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
+# One vocabulary with the contract; the rejection reasons are listed in POLICY §5 check order.
+Stage = SubsidyStage
 
 
 def digest(*parts: Any) -> str:

@@ -7,86 +7,28 @@ fields (forward compatibility); anything added here must be optional.
 from __future__ import annotations
 
 import datetime as dt
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared.contract.vocabulary import (  # re-exported: the models' field types
+    LEVELLED_KINDS,
+    Category,
+    CertificateKind,
+    Level,
+    PayeeKind,
+    RejectionReason,
+    ReversalReason,
+    Sector,
+    SubsidyStage,
+    TrainingType,
+)
 
 
 class Payload(BaseModel):
     """Base of every payload: unknown fields are ignored, known ones validated."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class Level(StrEnum):
-    JUNIOR = "junior"
-    INTERMEDIATE = "intermediate"
-    SENIOR = "senior"
-    TECHNICIAN = "technician"
-    SENIOR_TECHNICIAN = "senior_technician"
-
-
-class CertificateKind(StrEnum):
-    QUALIFICATION = "qualification"
-    SKILL_LEVEL = "skill_level"
-    SPECIAL_ABILITY = "special_ability"
-    SPECIAL_OPERATION = "special_operation"
-    SPECIAL_EQUIPMENT = "special_equipment"
-    TRAINING_COMPLETION = "training_completion"
-
-
-LEVELLED_KINDS = frozenset({CertificateKind.QUALIFICATION, CertificateKind.SKILL_LEVEL})
-
-
-class TrainingType(StrEnum):
-    SKILL_UPGRADE = "skill_upgrade"
-    PRE_JOB = "pre_job"
-    JOB_TRANSFER = "job_transfer"
-    SAFETY = "safety"
-    SPECIAL_OPERATION = "special_operation"
-    APPRENTICESHIP = "apprenticeship"
-    WORK_FOR_TRAINING = "work_for_training"
-    DOMESTIC_PREJOB = "domestic_prejob"
-    DOMESTIC_REFRESH = "domestic_refresh"
-    NON_LEVEL = "non_level"
-    ENTREPRENEURSHIP = "entrepreneurship"
-    KEY_INDUSTRY = "key_industry"
-
-
-class Category(StrEnum):
-    POOR_LABOR = "poor_labor"
-    POOR_FAMILY_CHILD = "poor_family_child"
-    LOW_INCOME = "low_income"
-    EMPLOYMENT_DIFFICULTY = "employment_difficulty"
-    ZERO_EMPLOYMENT_FAMILY = "zero_employment_family"
-    NON_CONTINUING_GRADUATE = "non_continuing_graduate"
-    URBAN_DIBAO_FAMILY = "urban_dibao_family"
-    RURAL_MIGRANT = "rural_migrant"
-    RURAL_LABOR = "rural_labor"
-    COLLEGE_GRADUATE = "college_graduate"
-    REGISTERED_UNEMPLOYED = "registered_unemployed"
-    OVERCAPACITY_DISPLACED = "overcapacity_displaced"
-    JOB_TRANSFEREE = "job_transferee"
-    VETERAN = "veteran"
-    DISABLED = "disabled"
-    ENTERPRISE_EMPLOYEE = "enterprise_employee"
-    DOMESTIC_WORKER = "domestic_worker"
-    PENSION_ELIGIBLE = "pension_eligible"
-
-
-class PayeeKind(StrEnum):
-    PERSON = "person"
-    EMPLOYER = "employer"
-    INSTITUTION = "institution"
-
-
-class Sector(StrEnum):
-    HITECH = "hitech"
-    FINTECH = "fintech"
-    CULTURE = "culture"
-    LIFE_SERVICES = "life_services"
-    CITY_OPS = "city_ops"
 
 
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -311,33 +253,6 @@ class Basis(Payload):
     days: int | None = None
     month: Month | None = None
     year_index: int | None = None
-
-
-class SubsidyStage(StrEnum):
-    FULL = "full"
-    ADVANCE = "advance"
-    SETTLEMENT = "settlement"
-
-
-class RejectionReason(StrEnum):
-    ANNUAL_LIMIT = "annual_limit"
-    DUPLICATE_OCCUPATION_LEVEL = "duplicate_occupation_level"
-    DUPLICATE_PROJECT = "duplicate_project"
-    INELIGIBLE_CATEGORY = "ineligible_category"
-    INSUFFICIENT_HOURS = "insufficient_hours"
-    INSUFFICIENT_INSURANCE = "insufficient_insurance"
-    OUTSIDE_HIRE_WINDOW = "outside_hire_window"
-    NOT_STACKABLE = "not_stackable"
-    CERTIFICATE_KIND_NOT_COVERED = "certificate_kind_not_covered"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    AMOUNT_NOT_CONFIGURED = "amount_not_configured"
-    PENSION_ELIGIBLE = "pension_eligible"
-
-
-class ReversalReason(StrEnum):
-    CERTIFICATE_REVOKED = "certificate_revoked"
-    ADVANCE_NOT_EARNED = "advance_not_earned"
-    ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
 
 
 class PolicyCorrection(Payload):
