@@ -26,11 +26,10 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
-from shared.contract.envelope import decode
 from shared.contract.identity import person_id
-from shared.runtime import metrics
+from shared.runtime import pending
 from shared.runtime.consumer import Handler, Incoming
-from shared.runtime.outbox import Outbox, RawRecord
+from shared.runtime.outbox import Outbox
 from services.assessment import domain
 from services.assessment.config import AssessmentSettings
 from services.assessment.domain import Assessment, Certificate, Enrollment, Refusal, Repeat, Result
@@ -131,7 +130,7 @@ class Batch:
         )
         taken = []
         for r in rows:
-            item = _incoming(r, self.settings.topic_prefix)
+            item = pending.incoming(r, self.settings.topic_prefix)
             self.stored_pending.setdefault(r["ref"], []).append((r["seq"], item))
             taken.append(item)
         for ref in refs:
@@ -324,17 +323,7 @@ class Batch:
             )
         if self.consumed:
             await self.conn.execute("DELETE FROM pending WHERE seq = ANY($1::bigint[])", self.consumed)
-        if self.parked:
-            await self.conn.copy_records_to_table(
-                "pending",
-                records=[
-                    (key, i.event.type, i.record.topic, i.record.partition, i.record.offset,
-                     i.record.key.decode("utf-8", "replace") if i.record.key is not None else None,
-                     i.record.value)
-                    for key, i in self.parked
-                ],
-                columns=("ref", "event_type", "topic", "partition", "offset", "key", "value"),
-            )
+        await pending.park(self.conn, self.parked)
 
 
 def _keys(items: Iterable[Incoming]) -> list[str]:
@@ -358,12 +347,6 @@ def _columns(rows: list, *names: str) -> list[list]:  # type: ignore[type-arg]
     return [[getattr(r, n) for r in rows] for n in names]
 
 
-def _incoming(row: asyncpg.Record, prefix: str) -> Incoming:
-    record = RawRecord(row["topic"], row["partition"], row["offset"],
-                       row["key"].encode() if row["key"] is not None else None, bytes(row["value"]))
-    return Incoming(decode(record.value, record.topic.removeprefix(prefix)), record)
-
-
 def make_handler(settings: AssessmentSettings) -> Handler:
     async def handle_batch(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
         batch = Batch(conn, out, settings)
@@ -383,26 +366,17 @@ async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings, cutof
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
-        rows = await conn.fetch(
-            "DELETE FROM pending WHERE received_at < $1 "
-            "RETURNING seq, ref, topic, partition, \"offset\", key, value",
-            cutoff,
-        )
         out = Outbox(source="/services/assessment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("assessment")))
-        released = []
-        for r in sorted(rows, key=lambda r: r["seq"]):
-            record = RawRecord(r["topic"], r["partition"], r["offset"],
-                               r["key"].encode() if r["key"] is not None else None, bytes(r["value"]))
-            kind, _, ref = r["ref"].partition(":")
-            if kind == "enrollment":
-                released.append(orjson.loads(record.value or b"{}")["data"]["assessment_ref"])
-            out.dead_letter(record, "unknown_reference",
-                            f"{kind} {ref} did not arrive within {settings.pending_wait_seconds:g} s")
+        rows = await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,
+                                    describe=lambda ref: ref.replace(":", " ", 1))
+        released = [
+            orjson.loads(r["value"])["data"]["assessment_ref"]
+            for r in rows if r["ref"].startswith(ENROLLMENT)
+        ]
         if released:
             await conn.execute(
                 "DELETE FROM assessment WHERE assessment_ref = ANY($1::text[]) AND status = 'waiting'",
                 released,
             )
         await out.flush(conn)
-        metrics.PENDING.set(await conn.fetchval("SELECT count(*) FROM pending"))

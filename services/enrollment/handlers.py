@@ -17,11 +17,10 @@ from cryptography.fernet import Fernet
 
 from shared.contract import events as ev
 from shared.contract import topics
-from shared.contract.envelope import decode
 from shared.contract.identity import normalise_national_id, person_id
-from shared.runtime import metrics
+from shared.runtime import pending
 from shared.runtime.consumer import Handler, Incoming
-from shared.runtime.outbox import Outbox, RawRecord
+from shared.runtime.outbox import Outbox
 from services.enrollment import domain
 from services.enrollment.config import EnrollmentSettings
 from services.enrollment.domain import Enrollment, Refusal
@@ -278,12 +277,7 @@ class Batch:
         self.parked = [(r, i) for r, i in self.parked if r != ref]
         rows = self.waiting.pop(ref, [])
         self.replayed.extend(r["seq"] for r in rows)
-        stored = [
-            Incoming(decode(bytes(r["value"]), topics.TRAINING_UPSTREAM),
-                     RawRecord(r["topic"], r["partition"], r["offset"],
-                               r["key"].encode() if r["key"] is not None else None, bytes(r["value"])))
-            for r in rows
-        ]
+        stored = [pending.incoming(r, self.settings.topic_prefix) for r in rows]
         for item in stored + earlier:
             enr = self.enrollments[ref]
             if enr.attendance is None:
@@ -343,16 +337,7 @@ class Batch:
                 " $4::text[], $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
                 *(list(c) for c in columns),
             )
-        if self.parked:
-            await self.conn.copy_records_to_table(
-                "pending",
-                records=[
-                    (ref, i.event.type, i.record.topic, i.record.partition, i.record.offset,
-                     i.record.key.decode() if i.record.key is not None else None, i.record.value)
-                    for ref, i in self.parked
-                ],
-                columns=("ref", "event_type", "topic", "partition", "offset", "key", "value"),
-            )
+        await pending.park(self.conn, self.parked)
 
 
 def _from_row(row: asyncpg.Record) -> Enrollment:
@@ -384,20 +369,10 @@ def make_handler(settings: EnrollmentSettings) -> Handler:
 
 
 async def expire_pending(pool: asyncpg.Pool, settings: EnrollmentSettings, cutoff: dt.datetime) -> None:
-    """Dead-letter records that waited longer than the waiting period (unknown_reference)."""
+    """Dead-letter records whose enrollment did not arrive in time (unknown_reference)."""
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            "DELETE FROM pending WHERE received_at < $1 "
-            "RETURNING ref, topic, partition, \"offset\", key, value",
-            cutoff,
-        )
         out = Outbox(source="/services/enrollment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("enrollment")))
-        for r in rows:
-            record = RawRecord(r["topic"], r["partition"], r["offset"],
-                               r["key"].encode() if r["key"] is not None else None, bytes(r["value"]))
-            out.dead_letter(record, "unknown_reference",
-                            f"enrollment {r['ref']} did not arrive within "
-                            f"{settings.pending_wait_seconds:g} s")
+        await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,
+                             describe=lambda ref: f"enrollment {ref}")
         await out.flush(conn)
-        metrics.PENDING.set(await conn.fetchval("SELECT count(*) FROM pending"))
