@@ -25,7 +25,7 @@ from services.subsidy.domain import decide
 from services.subsidy.facts import FactError, fact_from_event
 from services.subsidy.outputs import Output, SubsidyGranted, SubsidyRejected, SubsidyReversed
 from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, PersonState
+from services.subsidy.state import BudgetLedger, PersonState, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,12 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         await _resolve_reversed_funds(conn, rows, funds)
         if touched:
             await conn.execute(
-                "INSERT INTO person_state (person_id, state) "
-                "SELECT * FROM unnest($1::text[], $2::text[]) "
-                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state, updated_at = now()",
+                "INSERT INTO person_state (person_id, state, has_pending) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
+                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
+                " has_pending = excluded.has_pending, updated_at = now()",
                 list(touched), [s.to_json_text() for s in touched.values()],
+                [bool(pending_items(s)) for s in touched.values()],
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)

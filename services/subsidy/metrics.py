@@ -40,10 +40,11 @@ SELECT kind, count(*) AS n FROM (
     SELECT CASE WHEN c.value->>'enrollment_ref' IS NULL THEN 'certificate_unlinked'
                 ELSE 'certificate_awaiting_completion' END AS kind
     FROM person_state p, jsonb_each(p.state::jsonb->'certificates') c
-    WHERE c.value->>'status' = 'pending'
+    WHERE p.has_pending AND c.value->>'status' = 'pending'
     UNION ALL
     SELECT 'revocation_awaiting_certificate'
     FROM person_state p, jsonb_each(p.state::jsonb->'pending_revocations') r
+    WHERE p.has_pending
 ) items GROUP BY kind
 """
 PENDING_REFRESH_SECONDS = 30.0
@@ -55,7 +56,7 @@ async def refresh_pending_items(
 ) -> None:
     """A service sweep (ServiceDefinition.sweeps) counting pending items, at most every 30 s.
 
-    The count scans every person state, so it runs on its own clock rather than per batch.
+    Only persons flagged ``has_pending`` (kept by the batch handler, partial index) are read.
     """
     now = time.monotonic()
     if now - _last_refresh[0] < PENDING_REFRESH_SECONDS:
