@@ -9,12 +9,15 @@ to redelivery, which the inbox absorbs: effectively once.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import time
 from collections import Counter
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -107,6 +110,82 @@ async def claim(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) ->
     return [i for i in items if i.event.key in fresh]
 
 
+class TimeOrder:
+    """Releases records of several topics in the order the broker appended them.
+
+    A service that reads two topics about the same person (the subsidy service reads the
+    enrollment and the assessment events) must see them in one order that a replay from the
+    beginning reproduces, or a rebuilt database could decide first-come-first-served rules
+    differently. Records are buffered per partition and released by (timestamp, topic,
+    partition, offset) only while no other assigned partition may still hold an earlier one:
+    its buffer has a later head, or it has been read up to its high watermark.
+    """
+
+    PAUSE_AT = 20_000  # records buffered per partition before it is paused
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.buffers: dict[TopicPartition, deque[Any]] = {}
+        self.fetched: dict[TopicPartition, int] = {}  # next offset getmany will return
+
+    async def add(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        assigned = self.consumer.assignment()
+        for tp in [t for t in self.buffers if t not in assigned]:
+            del self.buffers[tp]  # revoked: the new owner reads them again
+            self.fetched.pop(tp, None)
+        for tp in assigned:
+            if tp not in self.fetched:
+                self.fetched[tp] = await self.consumer.position(tp)
+        for tp, records in batch.items():
+            buffer = self.buffers.setdefault(tp, deque())
+            last = buffer[-1].offset if buffer else -1
+            buffer.extend(r for r in records if r.offset > last)
+            self.fetched[tp] = max(self.fetched.get(tp, 0), records[-1].offset + 1)
+            if len(buffer) >= self.PAUSE_AT:
+                self.consumer.pause(tp)
+
+    def _may_hold_earlier(self, tp: TopicPartition) -> bool:
+        highwater = self.consumer.highwater(tp)
+        return highwater is None or self.fetched.get(tp, 0) < highwater
+
+    def release(self, limit: int) -> dict[TopicPartition, list[Any]]:
+        blocked = any(
+            not self.buffers.get(tp) and self._may_hold_earlier(tp)
+            for tp in self.consumer.assignment()
+        )
+        heads = [
+            (buf[0].timestamp, tp.topic, tp.partition, buf[0].offset, tp)
+            for tp, buf in self.buffers.items() if buf
+        ]
+        heapq.heapify(heads)
+        out: dict[TopicPartition, list[Any]] = {}
+        released = 0
+        while heads and released < limit and not blocked:
+            *_, tp = heapq.heappop(heads)
+            buffer = self.buffers[tp]
+            out.setdefault(tp, []).append(buffer.popleft())
+            released += 1
+            if buffer:
+                head = buffer[0]
+                heapq.heappush(heads, (head.timestamp, tp.topic, tp.partition, head.offset, tp))
+            elif self._may_hold_earlier(tp):
+                blocked = True  # its next record may be earlier than anything buffered
+        for tp, buffer in self.buffers.items():
+            if len(buffer) < self.PAUSE_AT // 2 and tp in self.consumer.paused():
+                self.consumer.resume(tp)
+        return out
+
+    def rewind(self, failed: dict[TopicPartition, list[Any]]) -> None:
+        """Drop the buffers and seek every partition back to its first unprocessed record."""
+        for tp in set(failed) | set(self.buffers):
+            first = failed[tp][0].offset if tp in failed else self.buffers[tp][0].offset if self.buffers.get(tp) else None
+            if first is not None:
+                self.consumer.seek(tp, first)
+                self.fetched[tp] = first
+        self.buffers.clear()
+        self.consumer.resume(*self.consumer.paused())
+
+
 class BatchConsumer:
     """Runs the consume-handle-commit loop for one service."""
 
@@ -137,7 +216,10 @@ class BatchConsumer:
         # Wall-clock time at which every assigned partition was last seen fully processed;
         # records parked before (this - waiting period) may be given up on (see Sweep).
         self.caught_up_at = 0.0
+        self.kafka_ok: Callable[[], bool] = lambda: True
         self.next_offsets: dict[TopicPartition, int] = {}
+        # Several input topics: release records in broker time order (see TimeOrder).
+        self.order = TimeOrder(consumer) if len(consumer.subscription()) > 1 else None
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.2
@@ -146,9 +228,13 @@ class BatchConsumer:
                 timeout_ms=self.timeout_ms, max_records=self.max_records
             )
             self.last_poll = time.monotonic()
+            if self.order is not None:
+                await self.order.add(batch)
+                batch = self.order.release(self.max_records)
             if not batch:
                 self.healthy = bool(self.consumer.assignment())
-                if self.healthy:
+                waiting = self.order is not None and any(self.order.buffers.values())
+                if self.healthy and self.kafka_ok() and not waiting:
                     self.caught_up_at = time.time()
                 continue
             try:
@@ -158,8 +244,11 @@ class BatchConsumer:
                 # the batch's first offsets and try again after a bounded backoff.
                 self.healthy = False
                 log.warning("batch failed, will retry", extra={"error": repr(exc)})
-                for tp, records in batch.items():
-                    self.consumer.seek(tp, records[0].offset)
+                if self.order is not None:
+                    self.order.rewind(batch)
+                else:
+                    for tp, records in batch.items():
+                        self.consumer.seek(tp, records[0].offset)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -210,5 +299,5 @@ class BatchConsumer:
             lag = max(0, highwater - self.next_offsets[tp])
             behind += lag
             metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-        if behind == 0:
+        if behind == 0 and self.kafka_ok():
             self.caught_up_at = fetched_at

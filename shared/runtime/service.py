@@ -72,10 +72,12 @@ class Runtime:
     batches: BatchConsumer
     relay: Relay
     db_ok: bool = True
+    kafka_ok: bool = True
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
         checks = {
             "database": self.db_ok,
+            "kafka": self.kafka_ok,
             "consumer": self.batches.healthy
             and time.monotonic() - self.batches.last_poll < 30,
             "relay": self.relay.healthy,
@@ -215,6 +217,18 @@ async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
         await _sleep_unless(stopping, 2.0)
 
 
+async def _kafka_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
+    """A metadata round trip every 2 s: with the broker gone, getmany just returns nothing,
+    which must not read as "healthy and caught up"."""
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(runtime.relay.producer.client.fetch_all_metadata(), 3)
+            runtime.kafka_ok = True
+        except Exception:  # any failure to reach the cluster means not ready
+            runtime.kafka_ok = False
+        await _sleep_unless(stopping, 2.0)
+
+
 async def _sweeper(
     sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, batches: BatchConsumer,
     relay: Relay, stopping: asyncio.Event,
@@ -306,6 +320,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         crash_after_db_commit=settings.crash_after_db_commit,
     )
     runtime = Runtime(settings, pool, consumer, producer, batches, relay)
+    batches.kafka_ok = lambda: runtime.kafka_ok
     app = http_app(runtime, definition.routes(pool, settings), tokens)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -324,6 +339,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         asyncio.create_task(batches.run(stopping), name="consumer"),
         asyncio.create_task(relay.run(stopping), name="relay"),
         asyncio.create_task(_db_probe(runtime, stopping), name="db-probe"),
+        asyncio.create_task(_kafka_probe(runtime, stopping), name="kafka-probe"),
         asyncio.create_task(server.serve(), name="http"),
         *(
             asyncio.create_task(_sweeper(s, pool, settings, batches, relay, stopping), name="sweep")
