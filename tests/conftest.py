@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.harness import KAFKA, Stack
+from tests.harness import KAFKA, Collector, Producer, Stack
 
 
 def _reachable(hostport: str) -> bool:
@@ -28,3 +28,16 @@ async def stack() -> AsyncIterator[Stack]:
     await world.create_topics()
     yield world
     await world.drop_databases()
+
+
+@pytest.fixture(scope="module")
+async def producer(stack: Stack) -> AsyncIterator[Producer]:
+    async with Producer(stack) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+async def collector(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Collector]:
+    """Reads, from the beginning, the topics the test module names in ``COLLECT``."""
+    async with Collector(stack, request.module.COLLECT) as c:
+        yield c

@@ -21,6 +21,7 @@ UP = topics.ASSESSMENT_UPSTREAM
 ENROLLMENTS = topics.ENROLLMENT_EVENTS
 OUT = topics.ASSESSMENT_EVENTS
 DLQ = topics.dlq("assessment")
+COLLECT = (OUT, DLQ)  # topics the shared `collector` fixture reads (tests/conftest.py)
 RESULT = "skills.assessment.AssessmentResultRecorded.v1"
 REVOKED = "skills.assessment.CertificateRevoked.v1"
 ACCEPTED = "skills.enrollment.EnrollmentAccepted.v1"
@@ -37,16 +38,6 @@ async def assessment(stack: Stack) -> AsyncIterator[ServiceProcess]:
     service.stop()
 
 
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[Producer]:
-    async with Producer(stack) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-async def collector(stack: Stack) -> AsyncIterator[Collector]:
-    async with Collector(stack, [OUT, DLQ]) as c:
-        yield c
 
 
 # ---- building and sending records ------------------------------------------------------------

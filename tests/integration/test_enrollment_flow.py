@@ -17,6 +17,7 @@ T = "skills.training."
 UP = topics.TRAINING_UPSTREAM
 OUT = topics.ENROLLMENT_EVENTS
 DLQ = topics.dlq("enrollment")
+COLLECT = (OUT, DLQ)  # topics the shared `collector` fixture reads (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,6 @@ async def enrollment(stack: Stack) -> AsyncIterator[ServiceProcess]:
     service.stop()
 
 
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[Producer]:
-    async with Producer(stack) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-async def collector(stack: Stack) -> AsyncIterator[Collector]:
-    async with Collector(stack, [OUT, DLQ]) as c:
-        yield c
 
 
 def about(ref: str):  # noqa: ANN201

@@ -16,12 +16,13 @@ import pytest
 
 from shared.contract import topics
 from tests import builders as b
-from tests.harness import ROOT, Collector, Producer, ServiceProcess, Stack
+from tests.harness import ROOT, Producer, ServiceProcess, Stack
 
 pytestmark = pytest.mark.integration
 
 ENR = topics.ENROLLMENT_EVENTS
 OUT = topics.SUBSIDY_EVENTS
+COLLECT = (OUT,)  # topics the shared `collector` fixture reads (tests/conftest.py)
 LIVE = ROOT / "services" / "subsidy" / "policies"
 JUNE = ("--from", "2026-06-01", "--to", "2026-06-30")
 
@@ -56,16 +57,6 @@ async def subsidy(stack: Stack, policy_dir: Path) -> AsyncIterator[ServiceProces
     service.stop()
 
 
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[Producer]:
-    async with Producer(stack) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-async def collector(stack: Stack) -> AsyncIterator[Collector]:
-    async with Collector(stack, [OUT]) as c:
-        yield c
 
 
 async def _living(producer: Producer, pid: str, completed_on: str, days: int) -> None:

@@ -10,13 +10,14 @@ import pytest
 
 from shared.contract import topics
 from tests import builders as b
-from tests.harness import Collector, Producer, ServiceProcess, Stack
+from tests.harness import Producer, ServiceProcess, Stack
 
 pytestmark = pytest.mark.integration
 
 ENR = topics.ENROLLMENT_EVENTS
 ASM = topics.ASSESSMENT_EVENTS
 OUT = topics.SUBSIDY_EVENTS
+COLLECT = (OUT, topics.dlq("subsidy"))  # topics the shared `collector` fixture reads (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,6 @@ async def subsidy(stack: Stack) -> AsyncIterator[ServiceProcess]:
     service.stop()
 
 
-@pytest.fixture(scope="module")
-async def producer(stack: Stack) -> AsyncIterator[Producer]:
-    async with Producer(stack) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-async def collector(stack: Stack) -> AsyncIterator[Collector]:
-    async with Collector(stack, [OUT, topics.dlq("subsidy")]) as c:
-        yield c
 
 
 def accepted(ref: str, pid: str, **over: Any) -> dict[str, Any]:
