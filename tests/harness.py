@@ -78,11 +78,14 @@ class Stack:
             await admin.close()
 
     async def drop_databases(self) -> None:
+        """Drop every database of this world, including extra ones tests derived from it."""
+        tag = self.prefix.rstrip(".")
         conn = await asyncpg.connect(f"{PG}/postgres")
         try:
-            for service in PORTS:
-                name = self.db_url(service).rsplit("/", 1)[1]
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            names = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE strpos(datname, $1) > 0", f"_{tag}")
+            for row in names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
         finally:
             await conn.close()
 

@@ -29,6 +29,7 @@ from shared.runtime.db import DATABASE_ERRORS
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = 7261002
+FULL_SCAN_SECONDS = 2.0
 COLUMNS = ("topic", "key", "event_type", "value", "headers")
 
 
@@ -150,6 +151,12 @@ class Relay:
         self.wake = asyncio.Event()
         self.healthy = True
         self.kafka_failures = 0
+        # Published rows are deleted, and a busy outbox leaves many dead index entries below
+        # the live ones until vacuum: reading from the last published seq skips them. A full
+        # read from the start every FULL_SCAN_SECONDS picks up rows committed late with a
+        # lower seq (another replica's concurrent transaction).
+        self.after = 0
+        self.full_scan_due = 0.0
 
     async def renew_producer(self) -> None:
         """A fresh idempotent producer: after a broker outage the old one's sequence numbers
@@ -204,14 +211,18 @@ class Relay:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
                 return 0
+            full = time.monotonic() >= self.full_scan_due
+            if full:
+                self.full_scan_due = time.monotonic() + FULL_SCAN_SECONDS
             rows = await conn.fetch(
                 "SELECT seq, topic, key, event_type, value, headers, created_at FROM outbox "
-                "ORDER BY seq LIMIT $1",
-                self.batch_size,
+                "WHERE seq > $1 ORDER BY seq LIMIT $2",
+                0 if full else self.after, self.batch_size,
             )
             if not rows:
-                metrics.OUTBOX_BACKLOG.set(0)
-                metrics.OUTBOX_AGE.set(0)
+                if full:
+                    metrics.OUTBOX_BACKLOG.set(0)
+                    metrics.OUTBOX_AGE.set(0)
                 return 0
             metrics.OUTBOX_AGE.set(max(0.0, time.time() - rows[0]["created_at"].timestamp()))
             futures = []
@@ -235,8 +246,10 @@ class Relay:
             published = Counter((row["topic"], row["event_type"]) for row in rows)
             for (topic, event_type), n in published.items():
                 metrics.PUBLISHED.labels(topic=topic, type=event_type).inc(n)
-            backlog = await conn.fetchval(
-                "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM outbox"
-            )
-            metrics.OUTBOX_BACKLOG.set(backlog)
+            self.after = max(self.after, rows[-1]["seq"])
+            if full:
+                backlog = await conn.fetchval(
+                    "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM outbox"
+                )
+                metrics.OUTBOX_BACKLOG.set(backlog)
             return len(rows)
