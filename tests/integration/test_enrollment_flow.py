@@ -59,9 +59,10 @@ async def test_the_same_record_delivered_twice_has_one_effect(enrollment, produc
     data = b.enrolled(ref, nid)
     await producer.event(UP, T + "TraineeEnrolled.v1", data, subject=ref, id="dup-1")
     await producer.event(UP, T + "TraineeEnrolled.v1", data, subject=ref, id="dup-1")
-    # A marker record after both proves the second copy has been consumed.
+    # A marker on the same key (so the same partition, behind both copies) proves the second
+    # copy has been consumed before we count.
     marker = b.ref()
-    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(marker, b.national_id()), subject=marker)
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(marker, b.national_id()), subject=ref)
     await collector.wait_events(OUT, "EnrollmentAccepted.v1", where=about(marker))
     assert len(collector.events(OUT, "", about(ref))) == 1
     conn = await enrollment.db()
@@ -215,10 +216,18 @@ async def test_the_first_closing_record_wins_and_later_records_are_ignored(
     await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref), subject=ref)
     [gone] = await collector.wait_events(OUT, "EnrollmentWithdrawn.v1", where=about(ref))
     assert gone["data"]["days_attended"] == 1 and gone["data"]["withdrawn_on"] == "2026-03-05"
-    marker, _ = await _enrol(producer, collector)
-    assert marker
+    # A marker on the same key (same partition, behind the ignored records) proves they were
+    # consumed before we look for their absent effects.
+    marker = b.ref()
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(marker, b.national_id()), subject=ref)
+    await collector.wait_events(OUT, "EnrollmentAccepted.v1", where=about(marker))
     assert collector.events(OUT, "TrainingCompleted.v1", about(ref)) == []
     assert enrollment.get(f"/enrollments/{ref}")["status"] == "withdrawn"
+    conn = await enrollment.db()
+    try:  # the attendance after the withdrawal was not stored
+        assert await conn.fetchval("SELECT count(*) FROM attendance WHERE enrollment_ref = $1", ref) == 1
+    finally:
+        await conn.close()
 
 
 async def test_records_before_their_enrollment_wait_and_apply_in_order(enrollment, producer, collector) -> None:
