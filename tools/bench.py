@@ -329,10 +329,11 @@ async def produce_paced(producer: AIOKafkaProducer, world: World, topic: str, po
 class Decisions:
     """Collects a topic (by default the subsidy decisions) in the background."""
 
-    def __init__(self, world: World, topic: str = topics.SUBSIDY_EVENTS, latest: bool = False) -> None:
+    def __init__(self, world: World, *topic_names: str, latest: bool = False) -> None:
         self.world = world
         self.consumer = AIOKafkaConsumer(
-            world.stack.topic(topic), bootstrap_servers=KAFKA,
+            *(world.stack.topic(t) for t in topic_names or (topics.SUBSIDY_EVENTS,)),
+            bootstrap_servers=KAFKA,
             auto_offset_reset="latest" if latest else "earliest", enable_auto_commit=False,
             group_id=None, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
         )
@@ -590,7 +591,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Latency.
         print(f"latency phase at {args.paced_rate:g} events/s...", flush=True)
         sent_at: dict[int, float] = {}
-        hops = Decisions(world, topics.ENROLLMENT_EVENTS, latest=True)
+        hops = Decisions(world, topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, latest=True)
         await hops.start()
         await wait_for(lambda: bool(hops.consumer.assignment()), 30, "hop collector assigned")
         for tp in hops.consumer.assignment():
@@ -622,18 +623,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     latencies = []
     published = []
+    # Where the time goes: per cause (a training or an assessment record) the first hop
+    # (upstream record -> the ingress service's event) and the whole way to the decision.
+    by_cause: dict[str, list[float]] = {"training": [], "assessment": []}
+    timeline: dict[int, list[float]] = {}  # second of the paced phase the cause was sent in
+    paced_from = min(sent_at.values(), default=0.0)
     for n, (ts, value) in enumerate(decisions.values):
         event = orjson.loads(value)
         published.append(event)
         seq = trace_seq(event.get("traceparent"))
         if n >= n_fast_decisions and seq is not None and seq in sent_at:
             latencies.append(ts / 1000 - sent_at[seq])
+            by_cause["training" if seq <= len(slow_t) else "assessment"].append(latencies[-1])
+            second = int(sent_at[seq] - paced_from)
+            timeline.setdefault(second, []).append(latencies[-1])
     check = completeness(outcome.subsidy, published)
     first_hop = []
+    hop_by_cause: dict[str, list[float]] = {"training": [], "assessment": []}
     for ts, value in hops.values:
         seq = trace_seq(orjson.loads(value).get("traceparent"))
         if seq is not None and seq in sent_at:
             first_hop.append(ts / 1000 - sent_at[seq])
+            hop_by_cause["training" if seq <= len(slow_t) else "assessment"].append(first_hop[-1])
+    breakdown = {
+        cause: {
+            "decisions": len(by_cause[cause]),
+            "p50_ms": round(percentile(by_cause[cause], 50) * 1000, 1),
+            "p99_ms": round(percentile(by_cause[cause], 99) * 1000, 1),
+            "first_hop_p50_ms": round(percentile(hop_by_cause[cause], 50) * 1000, 1),
+            "first_hop_p99_ms": round(percentile(hop_by_cause[cause], 99) * 1000, 1),
+        }
+        for cause in by_cause
+    }
     return {
         "machine": info,
         "command": " ".join(sys.argv),
@@ -655,6 +676,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
             "enrollment_hop_p50_ms": round(percentile(first_hop, 50) * 1000, 1),
             "enrollment_hop_p99_ms": round(percentile(first_hop, 99) * 1000, 1),
+            "by_cause": breakdown,
+            "timeline": [
+                {"second": k, "decisions": len(v), "p50_ms": round(percentile(v, 50) * 1000, 1),
+                 "max_ms": round(max(v) * 1000, 1)}
+                for k, v in sorted(timeline.items())
+            ],
         },
         "services": {s: {"peak_rss_mb": round(monitor.peak_rss_mb.get(s, 0), 1),
                          "cpu_seconds": round(monitor.cpu_seconds.get(s, 0), 1)} for s in SERVICES},
@@ -682,9 +709,13 @@ def table(result: dict[str, Any]) -> str:
         f"{'  p95 (ms)':44} {lat['p95_ms']:>14}",
         f"{'  p99 (ms)':44} {lat['p99_ms']:>14}",
         f"{'  max (ms), decisions measured':44} {lat['max_ms']:>7}, {lat['decisions']}",
-        f"{'  first hop (upstream -> enrollment event) p50/p99':44} "
+        f"{'  first hop (upstream -> ingress event) p50/p99':44} "
         f"{lat['enrollment_hop_p50_ms']:>7} / {lat['enrollment_hop_p99_ms']}",
     ]
+    for cause, b in lat.get("by_cause", {}).items():
+        lines.append(f"{'  caused by ' + cause + ' records p50/p99 (n)':44} "
+                     f"{b['p50_ms']:>7} / {b['p99_ms']} ({b['decisions']})")
+        lines.append(f"{'    first hop p50/p99':44} {b['first_hop_p50_ms']:>7} / {b['first_hop_p99_ms']}")
     for s, v in result["services"].items():
         lines.append(f"{'  ' + s + ' peak RSS (MB) / CPU (s)':44} {v['peak_rss_mb']:>7} / {v['cpu_seconds']}")
     verdict = "OK: every expected decision published exactly once" if c["ok"] else "INCOMPLETE"
