@@ -27,7 +27,7 @@ async def stack() -> AsyncIterator[Stack]:
     world = Stack()
     await world.create_topics()
     yield world
-    await world.drop_databases()
+    await world.drop()
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,23 @@ class Stack:
         finally:
             await admin.close()
 
+    async def drop(self) -> None:
+        """Remove the world: its databases and its topics."""
+        await self.drop_databases()
+        await self.drop_topics()
+
+    async def drop_topics(self) -> None:
+        """Delete this world's topics: every client's metadata request that names no topics
+        (the services' broker probe, the admin clients) answers for all of them."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await admin.start()
+        try:
+            mine = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
     async def drop_databases(self) -> None:
         """Drop every database of this world, including extra ones tests derived from it."""
         tag = self.prefix.rstrip(".")

@@ -232,24 +232,70 @@ class World:
 
 
 class ProfiledService(ServiceProcess):
-    """A service run under cProfile, writing ``<dir>/<name>.prof`` when it stops."""
+    """A service sampled by py-spy (CPU only, ~100 samples/s, without pausing it), writing
+    ``<dir>/<name>.txt`` (collapsed stacks) when it stops; see :func:`summarise_profile`."""
 
     profile_dir: Path | None = None
+    spy: subprocess.Popen[bytes] | None = None
 
     def start(self, **extra_env: str) -> ServiceProcess:
-        if self.profile_dir is None:
-            return super().start(**extra_env)
-        self.migrate()
-        env = self.environment()
-        env.update(extra_env)
-        self.profile_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.profile_dir / f"{self.name}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cProfile", "-o", str(self.profile_dir / f"{self.name}.prof"),
-             "-m", f"services.{self.name}", "run"],
-            cwd=ROOT, env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-        )
+        super().start(**extra_env)
+        if self.profile_dir is not None and self.proc is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            self.spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
+                 "--rate", "100", "--format", "raw", "--pid", str(self.proc.pid),
+                 "--output", str(self.profile_dir / f"{self.name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=open(self.profile_dir / f"{self.name}.spy.log", "ab"),
+            )
         return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self.spy is not None:
+            self.spy.wait(60)  # it writes its file once the process is gone
+            self.spy = None
+
+
+def summarise_profile(lines: Iterable[str], top: int = 12) -> list[tuple[str, float, float]]:
+    """py-spy's collapsed stacks (``frame;frame;... count``) as the ``top`` functions by
+    inclusive share of samples: (function, inclusive %, self %)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        # "function (file:line)" -> "function (file)": one entry per function, not per line
+        frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return []
+    skip = ("<module>", "_run_module_as_main", "_run_code", "run_until_complete", "run_forever",
+            "_run_once", "Handle._run", "Runner.run", "run (asyncio", "cli (")
+    ranked = [(f, n) for f, n in inclusive.most_common() if not any(k in f for k in skip)]
+    return [(f, round(100 * n / total, 1), round(100 * own[f] / total, 1)) for f, n in ranked[:top]]
+
+
+def write_profiles(directory: Path) -> list[str]:
+    """Summaries of the services' profiles, written beside them as ``<name>.top.txt``."""
+    lines = []
+    for name in SERVICES:
+        path = directory / f"{name}.txt"
+        if not path.exists():
+            continue
+        rows = summarise_profile(path.read_text().splitlines())
+        text = [f"{name}: share of CPU samples, inclusive / own"] + [
+            f"  {inc:5.1f}% {own:5.1f}%  {frame}" for frame, inc, own in rows
+        ]
+        (directory / f"{name}.top.txt").write_text("\n".join(text) + "\n")
+        lines += text
+    return lines
 
 
 def service_env(args: argparse.Namespace) -> dict[str, str]:
@@ -445,7 +491,7 @@ async def prefill_databases(args: argparse.Namespace, target: Stack, persons: in
         finally:
             await source.close()
             await dest.close()
-    await world.stack.drop_databases()
+    await world.stack.drop()
     print(f"prefill: done in {time.monotonic() - began:.0f} s", flush=True)
 
 
@@ -505,9 +551,10 @@ class _Buffer:
 
 
 async def stream_two_phases(world: World, pop: Population, training: list[Record],
-                            assessment: list[Record], monitor: Monitor | None, budget: float) -> float:
+                            assessment: list[Record], monitor: Monitor | None, budget: float,
+                            phases: dict[str, float] | None = None) -> float:
     """Produce training, wait until it is consumed everywhere, produce assessment, wait; the
-    time the first record was sent."""
+    time the first record was sent. ``phases`` receives each phase's seconds."""
     own_admin = None
     if monitor is None:
         own_admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
@@ -519,8 +566,12 @@ async def stream_two_phases(world: World, pop: Population, training: list[Record
     try:
         first = await produce(producer, world, topics.TRAINING_UPSTREAM, pop, training)
         await settle(world, monitor, budget)
+        second = time.time()
         await produce(producer, world, topics.ASSESSMENT_UPSTREAM, pop, assessment)
         await settle(world, monitor, budget)
+        if phases is not None:
+            phases["training"] = round(second - first, 2)
+            phases["assessment"] = round(time.time() - second, 2)
         return first
     finally:
         await producer.stop()
@@ -576,7 +627,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Throughput.
         print("throughput phase...", flush=True)
         start = time.time()
-        first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget)
+        phases: dict[str, float] = {}
+        first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
         await asyncio.sleep(1.0)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
@@ -619,7 +671,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await admin.close()
         stop_world(world)
         if not args.keep:
-            await world.stack.drop_databases()
+            await world.stack.drop()
 
     latencies = []
     published = []
@@ -664,6 +716,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "upstream_events": fast_events, "seconds": round(seconds, 2),
             "events_per_second": round(fast_events / seconds, 0) if seconds > 0 else 0,
             "decisions": n_fast_decisions,
+            # Each phase until settled (every service caught up, outboxes empty; settle polls).
+            "phases": {name: {"records": n, "seconds": phases.get(name)}
+                       for name, n in (("training", len(fast_t)), ("assessment", len(fast_a)))},
             "per_service_records_per_second": {k: round(v) for k, v in per_service.items()},
             "per_service_records_consumed": consumed,
         },
@@ -702,6 +757,9 @@ def table(result: dict[str, Any]) -> str:
         f"{'end-to-end throughput (upstream events/s)':44} {t['events_per_second']:>14,.0f}",
         f"{'  upstream events / seconds':44} {t['upstream_events']:>7} / {t['seconds']:<6}",
     ]
+    for name, phase in t.get("phases", {}).items():
+        lines.append(f"{'  ' + name + ' phase: records / seconds':44} "
+                     f"{phase['records']:>7} / {phase['seconds']}")
     for s, v in t["per_service_records_per_second"].items():
         lines.append(f"{'  ' + s + ' records consumed/s':44} {v:>14,}")
     lines += [
@@ -742,12 +800,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--disorder", action="store_true")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the services, e.g. SUBSIDY_BATCH_MAX_RECORDS=5000")
-    parser.add_argument("--profile", type=Path, help="run the services under cProfile, writing here")
+    parser.add_argument("--profile", type=Path,
+                        help="sample the services with py-spy, writing stacks and summaries here")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     print(table(result))
+    if args.profile is not None:
+        print("\nwhere the CPU goes (py-spy, whole run):\n" + "\n".join(write_profiles(args.profile)))
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0 if result["completeness"]["ok"] else 1

@@ -66,8 +66,7 @@ class Batch:
 
     async def load(self, items: list[Incoming]) -> None:
         """Lock the batch's keys, take the records waiting for them, load their state."""
-        await self.conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWEEP_LOCK)
-        await self._lock(_keys(items))
+        await self._lock(_keys(items), sweep=True)
         waiting = await self._take_pending(
             [ENROLLMENT + i.event.data.enrollment_ref for i in items if i.event.type == ACCEPTED]  # type: ignore[attr-defined]
             + [CERTIFICATE + domain.certificate_id(i.event.data.assessment_ref)  # type: ignore[attr-defined]
@@ -110,15 +109,21 @@ class Batch:
                 row["revoke_reason"],
             )
 
-    async def _lock(self, keys: Iterable[str]) -> None:
+    async def _lock(self, keys: Iterable[str], sweep: bool = False) -> None:
         # Consumers of other partitions may touch the same enrollment or certificate; per-key
         # locks, taken in one sorted pass, keep a record from being parked just after the
-        # thing it waits for was stored and its waiting records taken.
-        await self.conn.execute(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM "
-            "(SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest($1::text[]) x ORDER BY 1) s",
-            sorted(set(keys)),
+        # thing it waits for was stored and its waiting records taken. ``sweep``: first the
+        # shared side of the sweep's lock, in the same statement (one round trip).
+        per_key = (
+            "(SELECT count(pg_advisory_xact_lock(k)) FROM "
+            "(SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest($1::text[]) x ORDER BY 1) s)"
         )
+        if sweep:
+            await self.conn.execute(
+                f"SELECT pg_advisory_xact_lock_shared($2), {per_key}", sorted(set(keys)), SWEEP_LOCK
+            )
+        else:
+            await self.conn.execute(f"SELECT {per_key}", sorted(set(keys)))
 
     async def _take_pending(self, refs: list[str]) -> list[Incoming]:
         if not refs:

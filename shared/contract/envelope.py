@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.contract.events import TOPIC_TYPES, TYPE_OF, Payload
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_RECORD_BYTES = 256 * 1024
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "subject", "agencyid", "data")
+_required = operator.itemgetter(*REQUIRED_ATTRIBUTES)
 
 
 class DecodeError(Exception):
@@ -63,8 +65,12 @@ def decode(value: bytes | None, topic: str, agencies: frozenset[str] | None = No
         raise DecodeError("malformed_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise DecodeError("not_cloudevent", "record value is JSON but not an object")
-    missing = [a for a in REQUIRED_ATTRIBUTES if a not in obj or obj[a] is None]
-    if missing:
+    try:
+        present = None not in _required(obj)  # one C call on the hot path
+    except KeyError:
+        present = False
+    if not present:
+        missing = [a for a in REQUIRED_ATTRIBUTES if obj.get(a) is None]
         raise DecodeError("not_cloudevent", f"missing attributes: {', '.join(missing)}")
     if obj["specversion"] != "1.0":
         raise DecodeError("not_cloudevent", f"specversion {obj['specversion']!r} is not '1.0'")

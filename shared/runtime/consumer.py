@@ -200,6 +200,7 @@ class BatchConsumer:
         agencies: frozenset[str],
         max_records: int,
         timeout_ms: int,
+        commit_interval: float = 0.2,
         crash_after_db_commit: bool = False,
     ) -> None:
         self.consumer = consumer
@@ -218,10 +219,21 @@ class BatchConsumer:
         self.caught_up_at = 0.0
         self.kafka_ok: Callable[[], bool] = lambda: True
         self.next_offsets: dict[TopicPartition, int] = {}
+        # Offsets processed (committed to the database) but not yet to Kafka: a commit is a
+        # broker round trip, so it is made at most every commit_interval seconds and when idle.
+        self.commit_interval = commit_interval
+        self.uncommitted: dict[TopicPartition, int] = {}
+        self.committed_at = 0.0
         # Several input topics: release records in broker time order (see TimeOrder).
         self.order = TimeOrder(consumer) if len(consumer.subscription()) > 1 else None
 
     async def run(self, stopping: asyncio.Event) -> None:
+        try:
+            await self._run(stopping)
+        finally:
+            await self.commit_offsets()
+
+    async def _run(self, stopping: asyncio.Event) -> None:
         backoff = 0.2
         while not stopping.is_set():
             batch = await self.consumer.getmany(
@@ -232,6 +244,7 @@ class BatchConsumer:
                 await self.order.add(batch)
                 batch = self.order.release(self.max_records)
             if not batch:
+                await self.commit_offsets()
                 self.healthy = bool(self.consumer.assignment())
                 waiting = self.order is not None and any(self.order.buffers.values())
                 if self.healthy and self.kafka_ok() and not waiting:
@@ -279,16 +292,30 @@ class BatchConsumer:
             log.warning("test hook: exiting between database commit and offset commit")
             os._exit(17)
 
-    async def commit(self, batch: dict[TopicPartition, list]) -> None:
-        fetched_at = time.time()
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-        self.next_offsets.update(offsets)
+    async def commit_offsets(self) -> None:
+        """Commit the processed offsets to Kafka (those of partitions still assigned)."""
+        if not self.uncommitted:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in self.uncommitted.items() if tp in assigned}
+        self.uncommitted = {}
+        self.committed_at = time.monotonic()
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions away; the new owner re-reads from the last
             # committed offset and the inbox absorbs what we already stored.
             log.warning("offset commit failed", extra={"error": repr(exc)})
+
+    async def commit(self, batch: dict[TopicPartition, list]) -> None:
+        fetched_at = time.time()
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        self.next_offsets.update(offsets)
+        self.uncommitted.update(offsets)
+        if time.monotonic() - self.committed_at >= self.commit_interval:
+            await self.commit_offsets()
         behind = 0
         for tp in self.consumer.assignment():
             if tp not in self.next_offsets:

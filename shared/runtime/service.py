@@ -219,11 +219,15 @@ async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
 
 async def _kafka_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
     """A metadata round trip every 2 s: with the broker gone, getmany just returns nothing,
-    which must not read as "healthy and caught up"."""
+    which must not read as "healthy and caught up". It asks about the service's own topics
+    only: a request naming none is answered with every topic of the cluster."""
+    own = sorted(runtime.consumer.subscription())
     while not stopping.is_set():
         try:
-            await asyncio.wait_for(runtime.relay.producer.client.fetch_all_metadata(), 3)
-            runtime.kafka_ok = True
+            client = runtime.relay.producer.client  # the relay may have renewed its producer
+            for topic in own:
+                client.add_topic(topic)  # tracked once; the refresh below names only these
+            runtime.kafka_ok = bool(await asyncio.wait_for(client.force_metadata_update(), 3))
         except Exception:  # any failure to reach the cluster means not ready
             runtime.kafka_ok = False
         await _sleep_unless(stopping, 2.0)
@@ -317,6 +321,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         agencies=frozenset(settings.agencies),
         max_records=settings.batch_max_records,
         timeout_ms=settings.batch_timeout_ms,
+        commit_interval=settings.commit_interval_ms / 1000,
         crash_after_db_commit=settings.crash_after_db_commit,
     )
     runtime = Runtime(settings, pool, consumer, producer, batches, relay)

@@ -74,6 +74,10 @@ class ServiceSettings(BaseSettings):
     auto_offset_reset: str = "earliest"
     batch_max_records: int = 2000
     batch_timeout_ms: int = 50
+    commit_interval_ms: int = Field(
+        200, description="Kafka offsets are committed at most this often (and whenever the "
+        "consumer is idle); the inbox absorbs what a crash makes it read again",
+    )
     relay_batch_size: int = 5000
     pending_wait_seconds: float = Field(
         3600.0,

@@ -57,7 +57,7 @@ async def demo_run(
     finally:
         for service in services.values():
             service.stop()
-        await stack.drop_databases()
+        await stack.drop()
 
 
 def api_totals(subsidy: ServiceProcess, agency: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ async def world() -> AsyncIterator[tuple[Stack, dict[str, ServiceProcess]]]:
     finally:
         for service in services.values():
             service.stop()
-        await stack.drop_databases()
+        await stack.drop()
 
 
 async def produce(producer: Producer, topic: str, pop: Population, records: list[Record]) -> None:

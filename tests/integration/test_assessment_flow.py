@@ -407,6 +407,6 @@ async def _run_world(records: list[tuple[str, Callable[[Producer], Any]]]) -> li
             events = collector.events(OUT)
     finally:
         service.stop()
-        await world.drop_databases()
+        await world.drop()
     keep = ("id", "source", "type", "time", "subject", "agencyid", "data")
     return sorted(({k: e.get(k) for k in keep} for e in events), key=lambda e: e["id"])

@@ -57,7 +57,7 @@ async def world() -> AsyncIterator[World]:
     finally:
         for service in services.values():
             service.stop()
-        await stack.drop_databases()
+        await stack.drop()
 
 
 @pytest.fixture(scope="package")

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.security, pytest.mark.integration]
 async def scratch() -> AsyncIterator[Stack]:
     stack = Stack()
     yield stack
-    await stack.drop_databases()
+    await stack.drop()
 
 
 async def refusal(service: ServiceProcess) -> str:

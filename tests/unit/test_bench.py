@@ -1,4 +1,5 @@
-"""The benchmark's pure parts: percentiles, trace numbering, completeness and the paced split."""
+"""The benchmark's pure parts: percentiles, trace numbering, completeness, the paced split and
+the profile summary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tools.bench import (
     completeness,
     percentile,
     split_lanes,
+    summarise_profile,
     trace_seq,
     traceparent,
     with_traceparent,
@@ -83,3 +85,16 @@ def test_the_paced_split_takes_whole_persons_from_the_end() -> None:
     chosen = split_lanes(pop, 10)
     assert len(chosen) == 10
     assert all(index >= 40 for index in chosen)
+
+
+def test_the_profile_summary_ranks_functions_by_inclusive_share_and_counts_own_samples() -> None:
+    stacks = [
+        "_run_once (asyncio/base_events.py:1922);process (consumer.py:270);decode (envelope.py:61) 6",
+        "_run_once (asyncio/base_events.py:1922);process (consumer.py:270);decode (envelope.py:94) 2",
+        "_run_once (asyncio/base_events.py:1922);process (consumer.py:273) 2",
+        "not a stack line",
+    ]
+    rows = summarise_profile(stacks)
+    # lines of one function are one entry; the event loop's own frames are left out
+    assert rows == [("process (consumer.py)", 100.0, 20.0), ("decode (envelope.py)", 80.0, 80.0)]
+    assert summarise_profile([]) == []
