@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.envelope import CloudEvent, DecodeError, decode
@@ -260,6 +262,28 @@ def expected_subsidy_outputs(policies: PolicySet, enrollment: Expected, assessme
              if (fact := fact_from_event(o.type, o.data, o.agency, o.time)) is not None]
     return [Out(o.event_type, o.event_id, o.key, o.agency, "", o.to_payload())
             for o in replay(policies, facts).outputs]
+
+
+def persons_in_several_lanes(pop: Population, secret: str = DEFAULT_SECRET) -> set[str]:
+    """The person ids whose national id occurs in more than one lane.
+
+    National ids are drawn at random, so now and then two lanes are one person (as when one
+    trainee enrols at two institutions). Their lanes go to different partitions, and the order
+    between records of different partitions is the order they happen to be read in: for such a
+    person the oracle's decision order (and only the order) is one of several correct ones."""
+    lanes_of: dict[str, set[int]] = {}
+    for record in pop.training + pop.assessment:
+        if b'"national_id"' not in record.value:
+            continue
+        try:
+            obj = orjson.loads(record.value)
+            data = obj["data"]
+            raw = data["trainee"]["national_id"] if "trainee" in data else data["national_id"]
+            pid = person_id(normalise_national_id(raw), secret)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        lanes_of.setdefault(pid, set()).add(pop.lane(record.key))
+    return {pid for pid, lanes in lanes_of.items() if len(lanes) > 1}
 
 
 @dataclass

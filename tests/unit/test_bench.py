@@ -16,7 +16,9 @@ from tools.bench import (
     traceparent,
     with_traceparent,
 )
-from tools.expected import Out
+from shared.contract.identity import normalise_national_id, person_id
+from tools.expected import DEFAULT_SECRET, Out, persons_in_several_lanes
+from tools.population import Record
 from tools.simulate import simulate
 
 GRANTED = "skills.subsidy.SubsidyGranted.v1"
@@ -78,6 +80,25 @@ def test_completeness_notices_different_data_and_a_different_order() -> None:
     assert not completeness(expected, [_published(_out("a", amount=1)), _published(_out("b"))]).ok
     swapped = completeness(expected, [_published(_out("b")), _published(_out("a"))])
     assert swapped.missing == 0 and not swapped.order_ok and not swapped.ok
+    assert swapped.order_samples[0][1:] == (["a", "b"], ["b", "a"])
+    # A person whose records come from two lanes has no single right order: only the set counts.
+    person = expected[0].key
+    assert completeness(expected, [_published(_out("b")), _published(_out("a"))],
+                        frozenset({person})).ok
+
+
+def test_a_national_id_in_two_lanes_makes_one_person_without_an_oracle_order() -> None:
+    pop = simulate(3, 5)
+    assert persons_in_several_lanes(pop) == set()
+    # lane 2's records, re-keyed into a fourth lane, with lane 0's national id
+    first = next(r for r in pop.training if pop.lane(r.key) == 0 and b'"trainee"' in r.value)
+    nid = orjson.loads(first.value)["data"]["trainee"]["national_id"]
+    twin = next(r for r in pop.training if pop.lane(r.key) == 2 and b'"trainee"' in r.value)
+    obj = orjson.loads(twin.value)
+    obj["data"]["trainee"]["national_id"] = nid
+    pop.training.append(Record("twin", orjson.dumps(obj)))
+    pop.lanes["twin"] = 3
+    assert persons_in_several_lanes(pop) == {person_id(normalise_national_id(nid), DEFAULT_SECRET)}
 
 
 def test_the_paced_split_takes_whole_persons_from_the_end() -> None:
