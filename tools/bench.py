@@ -216,6 +216,49 @@ def proc_figures(pid: int) -> tuple[float, float]:
     return peak, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def cpu_snapshot(service_pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far: by the machine (all cores, busy time), PostgreSQL (every server
+    process, and the backends that have exited, which the postmaster has reaped), Kafka, each
+    service and this process (the load generator and the collectors)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    out = {"machine": (sum(values) - values[3] - values[4]) / ticks, "postgresql": 0.0,
+           "kafka": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        own, children = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        if comm == "postgres" or comm.startswith("postgres:"):
+            parent = Path(f"/proc/{fields[1]}/stat")
+            is_postmaster = not (parent.exists() and "(postgres" in parent.read_text())
+            out["postgresql"] += (own + (children if is_postmaster else 0)) / ticks
+        elif comm == "java" and b"kafka" in cmdline:
+            out["kafka"] += own / ticks
+    for name, pid in service_pids.items():
+        try:
+            out[name] = proc_figures(pid)[1]
+        except OSError:
+            out[name] = 0.0
+    usage = os.times()
+    out["load generator"] = usage.user + usage.system
+    return out
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Each part's share of the machine's cores over an interval, in cores (2.0 = both busy)."""
+    if seconds <= 0:
+        return {}
+    return {k: round((after[k] - before.get(k, 0.0)) / seconds, 2) for k in after}
+
+
 # ---- the stack ------------------------------------------------------------------------------
 
 
@@ -638,7 +681,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print("throughput phase...", flush=True)
         start = time.time()
         phases: dict[str, float] = {}
+        pids = {n: svc.proc.pid for n, svc in world.services.items() if svc.proc is not None}
+        cpu_before, cpu_at = cpu_snapshot(pids), time.time()
         first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
+        cpu_used = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
         await asyncio.sleep(1.0)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
@@ -730,6 +776,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "phases": {name: {"records": n, "seconds": phases.get(name)}
                        for name, n in (("training", len(fast_t)), ("assessment", len(fast_a)))},
             "per_service_records_per_second": {k: round(v) for k, v in per_service.items()},
+            # Cores used by each part while the phases ran (the machine has os.cpu_count()).
+            "cores_used": cpu_used,
             "per_service_records_consumed": consumed,
         },
         "latency": {
@@ -770,6 +818,12 @@ def table(result: dict[str, Any]) -> str:
     for name, phase in t.get("phases", {}).items():
         lines.append(f"{'  ' + name + ' phase: records / seconds':44} "
                      f"{phase['records']:>7} / {phase['seconds']}")
+    if t.get("cores_used"):
+        used = t["cores_used"]
+        lines.append(f"{'  cores busy (machine), of ' + str(os.cpu_count()):44} {used.get('machine', 0):>14}")
+        for part in ("postgresql", "kafka", *SERVICES, "load generator"):
+            if part in used:
+                lines.append(f"{'    ' + part:44} {used[part]:>14}")
     for s, v in t["per_service_records_per_second"].items():
         lines.append(f"{'  ' + s + ' records consumed/s':44} {v:>14,}")
     lines += [

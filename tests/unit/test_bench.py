@@ -9,6 +9,7 @@ import orjson
 
 from tools.bench import (
     completeness,
+    cpu_split,
     percentile,
     split_lanes,
     summarise_profile,
@@ -119,3 +120,11 @@ def test_the_profile_summary_ranks_functions_by_inclusive_share_and_counts_own_s
     # lines of one function are one entry; the event loop's own frames are left out
     assert rows == [("process (consumer.py)", 100.0, 20.0), ("decode (envelope.py)", 80.0, 80.0)]
     assert summarise_profile([]) == []
+
+
+def test_the_cpu_split_is_cores_used_per_part_over_the_interval() -> None:
+    before = {"machine": 100.0, "postgresql": 10.0, "enrollment": 5.0}
+    after = {"machine": 140.0, "postgresql": 22.0, "enrollment": 13.0, "load generator": 3.0}
+    assert cpu_split(before, after, 20.0) == {
+        "machine": 2.0, "postgresql": 0.6, "enrollment": 0.4, "load generator": 0.15}
+    assert cpu_split(before, after, 0.0) == {}
