@@ -8,6 +8,8 @@ import math
 import orjson
 
 from tools.bench import (
+    batch_counters,
+    batch_summary,
     completeness,
     cpu_split,
     percentile,
@@ -128,3 +130,17 @@ def test_the_cpu_split_is_cores_used_per_part_over_the_interval() -> None:
     assert cpu_split(before, after, 20.0) == {
         "machine": 2.0, "postgresql": 0.6, "enrollment": 0.4, "load generator": 0.15}
     assert cpu_split(before, after, 0.0) == {}
+
+
+def test_batch_figures_come_from_the_metrics_text_and_are_summarised_per_interval() -> None:
+    text = "\n".join([
+        "# HELP skills_batch_size Records per consumed batch",
+        'skills_batch_size_bucket{le="1.0"} 3.0',
+        "skills_batch_size_count 10.0", "skills_batch_size_sum 500.0",
+        "skills_batch_processing_seconds_count 10.0", "skills_batch_processing_seconds_sum 0.5",
+    ])
+    after = batch_counters(text)
+    assert after == {"batches": 10.0, "records": 500.0, "seconds": 0.5}
+    before = {"batches": 2.0, "records": 100.0, "seconds": 0.1}
+    assert batch_summary({"s": before}, {"s": after}) == {
+        "s": {"batches": 8, "mean_records": 50.0, "mean_ms": 50.0, "busy_seconds": 0.4}}
