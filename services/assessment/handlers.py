@@ -27,7 +27,7 @@ import orjson
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.identity import person_id
-from shared.runtime import pending
+from shared.runtime import db, pending
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.assessment import domain
@@ -85,22 +85,25 @@ class Batch:
         enrollment_refs = [k.removeprefix(ENROLLMENT) for k in keys if k.startswith(ENROLLMENT)]
         certificate_ids = [k.removeprefix(CERTIFICATE) for k in keys if k.startswith(CERTIFICATE)]
         assessment_refs = [i.event.data.assessment_ref for i in everything if i.event.type == RESULT]  # type: ignore[attr-defined]
-        for row in await self.conn.fetch(
-            "SELECT * FROM enrollment WHERE enrollment_ref = ANY($1::text[])", enrollment_refs
+        for row in await db.fetch_for(
+            self.conn, enrollment_refs,
+            "SELECT * FROM enrollment WHERE enrollment_ref = ANY($1::text[])",
         ):
             self.enrollments[row["enrollment_ref"]] = Enrollment(
                 row["enrollment_ref"], row["person_id"], row["occupation_code"], row["level"],
                 row["start_date"], row["agency"], row["status"], row["withdrawn_on"],
             )
-        for row in await self.conn.fetch(
+        for row in await db.fetch_for(
+            self.conn, assessment_refs,
             "SELECT assessment_ref, digest, status, agency FROM assessment "
-            "WHERE assessment_ref = ANY($1::text[])", assessment_refs,
+            "WHERE assessment_ref = ANY($1::text[])",
         ):
             self.assessments[row["assessment_ref"]] = Assessment(
                 row["assessment_ref"], bytes(row["digest"]), row["status"], row["agency"]
             )
-        for row in await self.conn.fetch(
-            "SELECT * FROM certificate WHERE certificate_id = ANY($1::text[])", certificate_ids
+        for row in await db.fetch_for(
+            self.conn, certificate_ids,
+            "SELECT * FROM certificate WHERE certificate_id = ANY($1::text[])",
         ):
             self.certificates[row["certificate_id"]] = Certificate(
                 row["certificate_id"], row["assessment_ref"], row["person_id"],

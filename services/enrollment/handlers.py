@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.identity import normalise_national_id, person_id
-from shared.runtime import pending
+from shared.runtime import db, pending
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.enrollment import domain
@@ -59,10 +59,10 @@ class Batch:
     async def load(self, items: list[Incoming]) -> None:
         refs = {i.event.data.enrollment_ref for i in items}  # type: ignore[attr-defined]
         enrolled = [i.event.data.enrollment_ref for i in items if i.event.type == ENROLLED]  # type: ignore[attr-defined]
-        for row in await self.conn.fetch(
+        for row in await db.fetch_for(
+            self.conn, enrolled,
             "SELECT seq, ref, topic, partition, \"offset\", key, value FROM pending "
             "WHERE ref = ANY($1::text[]) ORDER BY seq FOR UPDATE",
-            enrolled,
         ):
             self.waiting.setdefault(row["ref"], []).append(row)
         persons = set()
@@ -85,9 +85,9 @@ class Batch:
             # Known to be complete once the bulk query below has run: no per-enrollment query.
             if ref in self.enrollments and self.enrollments[ref].attendance is None:
                 self.enrollments[ref].attendance = {}
-        for row in await self.conn.fetch(
+        for row in await db.fetch_for(
+            self.conn, closing,
             "SELECT enrollment_ref, date, hours FROM attendance WHERE enrollment_ref = ANY($1::text[])",
-            closing,
         ):
             enr = self.enrollments.get(row["enrollment_ref"])
             if enr is not None:
@@ -95,10 +95,10 @@ class Batch:
                     enr.attendance = {}
                 enr.attendance[row["date"]] = row["hours"]
         month_refs = [i.event.data.enrollment_ref for i in items if i.event.type == MONTH]  # type: ignore[attr-defined]
-        for row in await self.conn.fetch(
+        for row in await db.fetch_for(
+            self.conn, month_refs,
             "SELECT enrollment_ref, month, wages_fen, month_index FROM work_month "
             "WHERE enrollment_ref = ANY($1::text[])",
-            month_refs,
         ):
             enr = self.enrollments.get(row["enrollment_ref"])
             if enr is not None:

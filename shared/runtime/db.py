@@ -69,6 +69,12 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5,
     return pool
 
 
+async def fetch_for(conn: asyncpg.Connection, keys: list[Any], sql: str) -> list[asyncpg.Record]:
+    """``sql`` (taking the keys as $1) for a batch's keys of one kind; no round trip when the
+    batch has none of that kind."""
+    return await conn.fetch(sql, keys) if keys else []
+
+
 async def applied_versions(conn: asyncpg.Connection) -> set[str]:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
