@@ -925,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--disorder", action="store_true")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the services, e.g. SUBSIDY_BATCH_MAX_RECORDS=5000")
+                        help="extra environment for the services, e.g. SUBSIDY_BATCH_MAX_RECORDS=10000")
     parser.add_argument("--profile", type=Path,
                         help="sample the services with py-spy, writing stacks and summaries here")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")

@@ -72,7 +72,7 @@ class ServiceSettings(BaseSettings):
     http_port: int = 8000
     consumer_group: str = ""
     auto_offset_reset: str = "earliest"
-    batch_max_records: int = 2000
+    batch_max_records: int = 5000
     batch_timeout_ms: int = 50
     commit_interval_ms: int = Field(
         200, description="Kafka offsets are committed at most this often (and whenever the "
