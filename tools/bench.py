@@ -217,7 +217,7 @@ def proc_figures(pid: int) -> tuple[float, float]:
     return peak, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def cpu_snapshot(service_pids: dict[str, int]) -> dict[str, float]:
+def cpu_snapshot(service_pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds used so far: by the machine (all cores, busy time), PostgreSQL (every server
     process, and the backends that have exited, which the postmaster has reaped), Kafka, each
     service and this process (the load generator and the collectors)."""
@@ -243,11 +243,13 @@ def cpu_snapshot(service_pids: dict[str, int]) -> dict[str, float]:
             out["postgresql"] += (own + (children if is_postmaster else 0)) / ticks
         elif comm == "java" and b"kafka" in cmdline:
             out["kafka"] += own / ticks
-    for name, pid in service_pids.items():
-        try:
-            out[name] = proc_figures(pid)[1]
-        except OSError:
-            out[name] = 0.0
+    for name, pids in service_pids.items():
+        out[name] = 0.0
+        for pid in pids:
+            try:
+                out[name] += proc_figures(pid)[1]
+            except OSError:
+                pass
     usage = os.times()
     out["load generator"] = usage.user + usage.system
     return out
@@ -266,13 +268,16 @@ def batch_counters(text: str) -> dict[str, float]:
 
 
 def read_batch_counters(world: World) -> dict[str, dict[str, float]]:
-    found = {}
-    for name, service in world.services.items():
+    """Each service's batch counters, summed over its replicas."""
+    found = {name: batch_counters("") for name in world.services}
+    for service in world.processes():
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/metrics", timeout=5) as r:
-                found[name] = batch_counters(r.read().decode())
+                counters = batch_counters(r.read().decode())
         except OSError:
-            found[name] = batch_counters("")
+            continue
+        for k, v in counters.items():
+            found[service.name][k] += v
     return found
 
 
@@ -307,6 +312,10 @@ class World:
     stack: Stack
     services: dict[str, ServiceProcess]
     partitions: int
+    replicas: list[ServiceProcess] = field(default_factory=list)  # beyond the first of each
+
+    def processes(self) -> list[ServiceProcess]:
+        return [*self.services.values(), *self.replicas]
 
     async def committed(self, admin: AIOKafkaAdminClient, service: str) -> int:
         offsets = await admin.list_consumer_group_offsets(self.stack.prefix + service)
@@ -412,15 +421,19 @@ async def start_world(args: argparse.Namespace, prefill: int, prefill_template: 
         service.migrate()
     if prefill:
         await prefill_databases(args, stack, prefill)
-    for service in services.values():
+    replicas = [] if prefill_template else [
+        ServiceProcess(name, stack, env=dict(env, TOPIC_PARTITIONS=str(args.partitions)))
+        for name, n in args.replicas.items() for _ in range(n - 1)
+    ]
+    for service in [*services.values(), *replicas]:
         service.start()
-    for service in services.values():
+    for service in [*services.values(), *replicas]:
         await service.wait_ready(120)
-    return World(stack, services, args.partitions)
+    return World(stack, services, args.partitions, replicas)
 
 
 def stop_world(world: World) -> None:
-    for service in world.services.values():
+    for service in world.processes():
         service.stop()
 
 
@@ -538,12 +551,20 @@ class Monitor:
         committed = {s: await self.world.committed(self.admin, s) for s in SERVICES}
         s = Sample(time.time(), committed)
         self.samples.append(s)
-        for name, service in self.world.services.items():
+        peak: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for service in self.world.processes():
             if service.proc is not None and service.proc.poll() is None:
                 try:
-                    self.peak_rss_mb[name], self.cpu_seconds[name] = proc_figures(service.proc.pid)
+                    rss, seconds = proc_figures(service.proc.pid)
                 except OSError:
-                    pass
+                    continue
+                peak[service.name] = max(peak.get(service.name, 0.0), rss)  # per process
+                cpu[service.name] = cpu.get(service.name, 0.0) + seconds  # all replicas
+        for name, rss in peak.items():
+            self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
+        for name, seconds in cpu.items():
+            self.cpu_seconds[name] = max(self.cpu_seconds.get(name, 0.0), seconds)
         return s
 
     async def run(self) -> None:
@@ -735,7 +756,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print("throughput phase...", flush=True)
         start = time.time()
         phases: dict[str, float] = {}
-        pids = {n: svc.proc.pid for n, svc in world.services.items() if svc.proc is not None}
+        pids: dict[str, list[int]] = {}
+        for svc in world.processes():
+            if svc.proc is not None:
+                pids.setdefault(svc.name, []).append(svc.proc.pid)
         cpu_before, cpu_at = cpu_snapshot(pids), time.time()
         batches_before = read_batch_counters(world)
         first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
@@ -824,6 +848,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "persons": args.persons, "seed": args.seed, "prefill_persons": args.prefill_persons,
         "partitions": args.partitions, "service_env": service_env(args),
+        "replicas": dict.fromkeys(SERVICES, 1) | args.replicas,
         "throughput": {
             "upstream_events": fast_events, "seconds": round(seconds, 2),
             "events_per_second": round(fast_events / seconds, 0) if seconds > 0 else 0,
@@ -866,7 +891,8 @@ def table(result: dict[str, Any]) -> str:
         f"machine: {m['cores']} cores, {m['memory_gb']} GB, {m['cpu']}, Linux {m['kernel']}, "
         f"Python {m['python']}, Kafka {m['kafka']} (load avg at start {m['load_average_at_start']})",
         f"population: {result['persons']} persons, seed {result['seed']}, "
-        f"{result['prefill_persons']} prefilled, {result['partitions']} partitions",
+        f"{result['prefill_persons']} prefilled, {result['partitions']} partitions, processes "
+        + ", ".join(f"{k} {v}" for k, v in result.get("replicas", {}).items()),
         "",
         f"{'metric':44} {'value':>14}",
         f"{'end-to-end throughput (upstream events/s)':44} {t['events_per_second']:>14,.0f}",
@@ -929,9 +955,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="extra environment for the services, e.g. SUBSIDY_BATCH_MAX_RECORDS=10000")
     parser.add_argument("--profile", type=Path,
                         help="sample the services with py-spy, writing stacks and summaries here")
+    parser.add_argument("--replicas", action="append", default=[], metavar="SERVICE=N",
+                        help="run N processes of a service (one consumer group: they split the "
+                             "partitions), e.g. --replicas enrollment=2")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
+    args.replicas = {k: int(v) for k, _, v in (r.partition("=") for r in args.replicas)}
+    unknown = set(args.replicas) - set(SERVICES)
+    if unknown or any(n < 1 for n in args.replicas.values()):
+        parser.error(f"--replicas takes SERVICE=N with SERVICE one of {', '.join(SERVICES)}, N >= 1")
     result = asyncio.run(run(args))
     print(table(result))
     if args.profile is not None:
