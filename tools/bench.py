@@ -48,11 +48,10 @@ from aiokafka.structs import TopicPartition
 
 from shared.contract import topics
 from shared.contract.envelope import headers
-from shared.contract.identity import normalise_national_id
 from services.subsidy.policy import load_policy_dir
 from tests.harness import KAFKA, ROOT, SECRET, ServiceProcess, Stack, wait_for
-from tools.expected import Out, expected_outcome, persons_in_several_lanes
-from tools.population import ENROLLED, RESULT, Population, Record
+from tools.expected import Out, expected_outcome, national_ids_by_lane, persons_in_several_lanes
+from tools.population import Population, Record
 from tools.simulate import simulate
 
 SERVICES = ("enrollment", "assessment", "subsidy")
@@ -156,18 +155,7 @@ def completeness(expected: Iterable[Out], published: Iterable[dict[str, Any]],
 def split_lanes(pop: Population, paced: int) -> set[int]:
     """The person indices for the paced phase: the last ``paced`` whose national ids no other
     person shares (so splitting the stream in two keeps every person's records in one phase)."""
-    nids: dict[int, set[str]] = {}
-    for record in pop.training + pop.assessment:
-        if b'"national_id"' not in record.value:
-            continue
-        try:
-            obj = orjson.loads(record.value)
-            data = obj["data"]
-            raw = data["trainee"]["national_id"] if obj["type"] == ENROLLED else data["national_id"]
-            nid = normalise_national_id(raw)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        nids.setdefault(pop.lane(record.key), set()).add(nid)
+    nids = national_ids_by_lane(pop)
     owners: Counter[str] = Counter(n for s in nids.values() for n in s)
     chosen: set[int] = set()
     for index in range(pop.persons - 1, -1, -1):

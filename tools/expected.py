@@ -264,6 +264,22 @@ def expected_subsidy_outputs(policies: PolicySet, enrollment: Expected, assessme
             for o in replay(policies, facts).outputs]
 
 
+def national_ids_by_lane(pop: Population) -> dict[int, set[str]]:
+    """The (normalised) national ids each lane's records name; malformed ones are skipped."""
+    nids: dict[int, set[str]] = {}
+    for record in pop.training + pop.assessment:
+        if b'"national_id"' not in record.value:
+            continue
+        try:
+            data = orjson.loads(record.value)["data"]
+            raw = data["trainee"]["national_id"] if "trainee" in data else data["national_id"]
+            nid = normalise_national_id(raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        nids.setdefault(pop.lane(record.key), set()).add(nid)
+    return nids
+
+
 def persons_in_several_lanes(pop: Population, secret: str = DEFAULT_SECRET) -> set[str]:
     """The person ids whose national id occurs in more than one lane.
 
@@ -271,19 +287,8 @@ def persons_in_several_lanes(pop: Population, secret: str = DEFAULT_SECRET) -> s
     trainee enrols at two institutions). Their lanes go to different partitions, and the order
     between records of different partitions is the order they happen to be read in: for such a
     person the oracle's decision order (and only the order) is one of several correct ones."""
-    lanes_of: dict[str, set[int]] = {}
-    for record in pop.training + pop.assessment:
-        if b'"national_id"' not in record.value:
-            continue
-        try:
-            obj = orjson.loads(record.value)
-            data = obj["data"]
-            raw = data["trainee"]["national_id"] if "trainee" in data else data["national_id"]
-            pid = person_id(normalise_national_id(raw), secret)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        lanes_of.setdefault(pid, set()).add(pop.lane(record.key))
-    return {pid for pid, lanes in lanes_of.items() if len(lanes) > 1}
+    owners = Counter(n for nids in national_ids_by_lane(pop).values() for n in nids)
+    return {person_id(n, secret) for n, lanes in owners.items() if lanes > 1}
 
 
 @dataclass
