@@ -59,6 +59,12 @@ ASSESSED = {"skill_upgrade": 0.85, "apprenticeship": 0.9, "special_operation": 0
             "pre_job": 0.6, "job_transfer": 0.6, "safety": 0.6, "key_industry": 0.6,
             "domestic_prejob": 0.5, "domestic_refresh": 0.5, "non_level": 0.3,
             "entrepreneurship": 0.2, "work_for_training": 0.0}
+BUSY_SHARE = 0.02  # busy trainees: five courses of counted types in the year
+COUNTED_TYPES = {"city-a": ("skill_upgrade",), "suqian": ("pre_job", "safety", "job_transfer"),
+                 "baoshan": ("pre_job", "safety", "job_transfer"),
+                 "beijing": ("domestic_refresh", "non_level", "domestic_prejob")}
+OVERRUN_SHARE = 0.12  # courses whose attendance (or months) run past the planned end date
+LEVEL_NOISE_SHARE = 0.15  # level-less certificates whose result carries a level anyway
 ADVANCED_TYPES = {"skill_upgrade", "pre_job", "job_transfer", "safety"}
 SECTORS = ("hitech", "fintech", "culture", "life_services", "city_ops")
 # (category, weight, implies rural)
@@ -191,8 +197,11 @@ class _Course:
     end: dt.date
 
 
-def _course(rng: random.Random, lane: _Lane, n: int, agency: str, previous: list[_Course]) -> _Course:
+def _course(rng: random.Random, lane: _Lane, n: int, agency: str, previous: list[_Course],
+            busy: random.Random | None = None) -> _Course:
     training_type = _pick(rng, TYPE_WEIGHTS[agency])
+    if busy is not None:
+        training_type = busy.choice(COUNTED_TYPES[agency])
     repeat = [c for c in previous if c.training_type == training_type]
     if repeat and rng.random() < 0.3:  # same occupation and level again (exercises the slot rules)
         occupation, level = repeat[0].occupation, repeat[0].level
@@ -247,7 +256,13 @@ def _training(rng: random.Random, lane: _Lane, c: _Course, trainee: dict[str, An
     lane.event(lane.training, ENROLLED, {**base, "trainee": trainee, "employer": employer,
                                          "course": c.data, "fee": _fee(rng, c, employer)},
                subject=c.ref, source=source, agency=c.agency, time=_at(enrolled_on, "09:00:00"))
-    days = [c.start + dt.timedelta(days=d) for d in range((c.end - c.start).days + 1)]
+    # Real courses slip: some run past their planned end (POLICY.md §5: the dates are a plan;
+    # every day and month really attended counts). Drawn from a generator of their own, so the
+    # rest of the population is what it was without them.
+    slip = random.Random(f"slip:{c.ref}")
+    overrun = slip.choice((7, 10, 21, 45)) if slip.random() < OVERRUN_SHARE else 0
+    end = c.end + dt.timedelta(days=overrun)
+    days = [c.start + dt.timedelta(days=d) for d in range((end - c.start).days + 1)]
     if c.training_type == "work_for_training":
         months = sorted({d.strftime("%Y-%m") for d in days})[: rng.randint(1, 8)]
         for m in months:
@@ -260,9 +275,9 @@ def _training(rng: random.Random, lane: _Lane, c: _Course, trainee: dict[str, An
                            subject=c.ref, source=source, agency=c.agency, time=_at(on, "11:00:00"))
         if rng.random() < 0.5:
             return None
-        lane.event(lane.training, FINISHED, {**base, "finished_on": c.end.isoformat()},
-                   subject=c.ref, source=source, agency=c.agency, time=_at(c.end, "18:30:00"))
-        return c.end
+        lane.event(lane.training, FINISHED, {**base, "finished_on": end.isoformat()},
+                   subject=c.ref, source=source, agency=c.agency, time=_at(end, "18:30:00"))
+        return end
     withdrawn_on = days[rng.randint(0, len(days) - 1)] if rng.random() < 0.12 else None
     share = 1.0 if rng.random() < 0.7 else rng.uniform(0.4, 0.95)
     attended = sorted(rng.sample(days, max(1, round(len(days) * share))))
@@ -280,19 +295,19 @@ def _training(rng: random.Random, lane: _Lane, c: _Course, trainee: dict[str, An
                                               "reason": "moved away"},
                    subject=c.ref, source=source, agency=c.agency, time=_at(withdrawn_on, "12:30:00"))
         return None
-    lane.event(lane.training, FINISHED, {**base, "finished_on": c.end.isoformat()},
-               subject=c.ref, source=source, agency=c.agency, time=_at(c.end, "18:30:00"))
-    return c.end
+    lane.event(lane.training, FINISHED, {**base, "finished_on": end.isoformat()},
+               subject=c.ref, source=source, agency=c.agency, time=_at(end, "18:30:00"))
+    return end
 
 
 def _certificate_kind(rng: random.Random, c: _Course) -> tuple[str, str | None]:
-    if c.training_type == "special_operation":
-        return "special_operation", None
-    if c.level is not None:
+    if c.level is not None and c.training_type != "special_operation":
         return ("qualification" if rng.random() < 0.3 else "skill_level"), c.level
-    if c.training_type == "non_level":
-        return "special_ability", None
-    return "training_completion", None
+    kind = ("special_operation" if c.training_type == "special_operation"
+            else "special_ability" if c.training_type == "non_level" else "training_completion")
+    # Some evaluators fill in a level on a level-less certificate: it is ignored (POLICY.md §5).
+    noisy = random.Random(f"level:{c.ref}")
+    return kind, (noisy.choice(LEVELS) if noisy.random() < LEVEL_NOISE_SHARE else None)
 
 
 def _assess(rng: random.Random, lane: _Lane, nid: str, agency: str, occupation: str,
@@ -327,24 +342,34 @@ def _person(seed: int, index: int, agencies: Sequence[str]) -> _Lane:
     lane = _Lane(seed, index)
     home = rng.choices(agencies, weights=[AGENCY_WEIGHTS.get(a, 20) for a in agencies])[0]
     trainee, employer = _trainee(rng, home)
+    # A busy trainee takes five courses of counted types in the year, with an employer, and sits
+    # every assessment: what the annual limit (3 per person per year) is for. Drawn from a
+    # generator of its own, so everyone else is what they were without it.
+    busy_rng = random.Random(f"busy:{seed}:{index}")
+    busy = busy_rng if busy_rng.random() < BUSY_SHARE else None
+    if busy is not None and employer is None:
+        employer = busy.choice(EMPLOYERS[home])
     nid = trainee["national_id"]
+    if nid.endswith("X") and random.Random(f"x:{seed}:{index}").random() < 0.5:
+        trainee["national_id"] = nid.lower()  # institutions that type a lower-case x: same person
     if rng.random() < 0.02:  # self-selected assessment without any training: links to nothing
         occupation = rng.choice(GENERAL)
         _assess(rng, lane, nid, home, occupation.code, "intermediate", "skill_level", None,
                 dt.date(YEAR, rng.randint(2, 11), rng.randint(1, 28)), True)
         return lane
     courses: list[_Course] = []
-    for n in range(rng.choices((1, 2, 3, 4, 5), weights=(62, 22, 9, 5, 2))[0]):
+    count = rng.choices((1, 2, 3, 4, 5), weights=(62, 22, 9, 5, 2))[0]
+    for n in range(5 if busy else count):
         agency = home if rng.random() < 0.9 or len(agencies) == 1 else rng.choice(agencies)
-        courses.append(_course(rng, lane, n, agency, courses))
+        courses.append(_course(rng, lane, n, agency, courses, busy))
     for c in sorted(courses, key=lambda c: c.start):
         completed_on = _training(rng, lane, c, trainee, employer)
-        if completed_on is None or rng.random() >= ASSESSED[c.training_type]:
+        if completed_on is None or (rng.random() >= ASSESSED[c.training_type] and not busy):
             continue
         kind, level = _certificate_kind(rng, c)
         ref = c.ref if rng.random() < 0.9 else None
         on = completed_on + dt.timedelta(days=rng.randint(3, 25))
-        passed = rng.random() < 0.82
+        passed = rng.random() < 0.82 or busy is not None
         _assess(rng, lane, nid, c.agency, c.occupation.code, level, kind, ref, on, passed)
         if not passed and rng.random() < 0.5:  # a retake
             on += dt.timedelta(days=rng.randint(15, 40))

@@ -29,12 +29,17 @@ class Refusal(Exception):
         self.detail = detail
 
 
-def check_level(certificate_kind: str, level: str | None) -> None:
-    """Levelled kinds need a level (``level_required``); the others take none (``level_not_allowed``)."""
-    if certificate_kind in LEVELLED_KINDS and level is None:
-        raise Refusal("level_required", f"a {certificate_kind} certificate needs a level")
-    if certificate_kind in UNLEVELLED_KINDS and level is not None:
-        raise Refusal("level_not_allowed", f"a {certificate_kind} certificate has no level")
+def certificate_level(certificate_kind: str, level: str | None) -> str | None:
+    """The level a result stands at (POLICY.md §5 "Certificate levels").
+
+    Levelled kinds need one (``level_required``); on a level-less kind a level sent by the
+    evaluator is ignored (``None``), not an error: evaluators fill it in where it means nothing.
+    """
+    if certificate_kind in LEVELLED_KINDS:
+        if level is None:
+            raise Refusal("level_required", f"a {certificate_kind} certificate needs a level")
+        return level
+    return None
 
 
 def certificate_id(assessment_ref: str) -> str:

@@ -7,8 +7,8 @@ arrival order, when what they wait for arrives, so the outputs are those of the 
 The sweep dead-letters them after the waiting period (``unknown_reference``).
 
 Dead-letter codes of this service, beyond the envelope's: ``invalid_national_id``,
-``level_required`` (a qualification / skill_level result without a level), ``level_not_allowed``
-(a level on any other certificate kind), ``conflicting_duplicate`` (an assessment_ref seen before
+``level_required`` (a qualification / skill_level result without a level; a level on any other
+certificate kind is ignored, POLICY.md §5), ``conflicting_duplicate`` (an assessment_ref seen before
 with different content; the first result stands) and ``unknown_reference``.
 Output event ids: ``assessment-passed/<assessment_ref>``, ``assessment-failed/<assessment_ref>``,
 ``certificate-issued/<certificate_id>``, ``certificate-revoked/<certificate_id>``.
@@ -169,8 +169,8 @@ class Batch:
             pid = person_id(data.national_id, self.settings.person_id_secret)
         except ValueError as exc:
             raise Refusal("invalid_national_id", str(exc)) from None
-        level = data.level.value if data.level is not None else None
-        domain.check_level(data.certificate_kind.value, level)
+        level = domain.certificate_level(data.certificate_kind.value,
+                                         data.level.value if data.level is not None else None)
         result = Result(
             assessment_ref=data.assessment_ref, evaluator_id=data.evaluator_id, person_id=pid,
             enrollment_ref=data.enrollment_ref, occupation_code=data.occupation_code,

@@ -104,15 +104,14 @@ def overlapping(existing: list[Enrollment], course_id: str, start: dt.date, end:
     return None
 
 
-def check_attendance(enrollment: Enrollment, day: dt.date, hours: Decimal) -> None:
-    """0 < hours <= 12 for one trainee on one date, within the course's dates."""
+def check_attendance(hours: Decimal) -> None:
+    """0 < hours <= 12 for one trainee on one date (EVENTS.md §4.1).
+
+    The date is not checked against the course's dates: they are a plan, not a fence (POLICY.md
+    §5 "Facts and dates"); a course that slipped is paid for the days really attended.
+    """
     if not (Decimal(0) < hours <= MAX_HOURS_PER_DAY):
         raise Refusal("invalid_hours", f"hours {hours} outside 0 < h <= 12")
-    if not (enrollment.start_date <= day <= enrollment.end_date):
-        raise Refusal(
-            "date_outside_course",
-            f"date {day} outside the course {enrollment.start_date}..{enrollment.end_date}",
-        )
 
 
 def check_institution(enrollment: Enrollment, institution_id: str) -> None:
@@ -120,23 +119,6 @@ def check_institution(enrollment: Enrollment, institution_id: str) -> None:
         raise Refusal(
             "institution_mismatch",
             f"enrollment {enrollment.enrollment_ref} belongs to another institution",
-        )
-
-
-def check_finish(enrollment: Enrollment, finished_on: dt.date) -> None:
-    if finished_on < enrollment.start_date:
-        raise Refusal(
-            "finish_before_start",
-            f"finished_on {finished_on} is before the course start {enrollment.start_date}",
-        )
-
-
-def check_month(enrollment: Enrollment, month: str) -> None:
-    first = enrollment.start_date.strftime("%Y-%m")
-    last = enrollment.end_date.strftime("%Y-%m")
-    if not (first <= month <= last):
-        raise Refusal(
-            "month_outside_enrollment", f"month {month} outside the enrollment {first}..{last}"
         )
 
 

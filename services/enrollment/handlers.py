@@ -190,7 +190,7 @@ class Batch:
     def attended(self, enr: Enrollment, data: ev.AttendanceRecorded) -> None:
         """A second record for the same enrollment and date replaces the first (POLICY §5)."""
         hours = Decimal(str(data.hours))
-        domain.check_attendance(enr, data.date, hours)
+        domain.check_attendance(hours)
         self.attendance[(enr.enrollment_ref, data.date)] = hours
         if enr.attendance is not None:
             enr.attendance[data.date] = hours
@@ -208,7 +208,6 @@ class Batch:
     def finished(self, enr: Enrollment, item: Incoming) -> None:
         """The first closing record closes the enrollment and publishes TrainingCompleted."""
         data: ev.TrainingFinished = item.event.data  # type: ignore[assignment]
-        domain.check_finish(enr, data.finished_on)
         t = domain.totals(enr)
         self.close(enr, "completed", data.finished_on, t)
         payload = ev.TrainingCompleted(
@@ -232,7 +231,6 @@ class Batch:
     def month(self, enr: Enrollment, item: Incoming) -> None:
         """The first record of a month stands; month_index counts months by first arrival."""
         data: ev.WorkTrainingMonthRecorded = item.event.data  # type: ignore[assignment]
-        domain.check_month(enr, data.month)
         if enr.months is None:
             enr.months = {}
         if data.month in enr.months:

@@ -8,7 +8,7 @@ from datetime import date
 
 from .facts import CertificateIssued, EnrollmentAccepted
 from .outputs import Basis, RejectionReason
-from .policy import PayeeRule, Policy, Rule, RuleKind, Selector
+from .policy import PayeeRule, Policy, Rule, RuleKind, SlotKey
 from .rules import Computed, cny
 from .state import Enrollment, EnrollmentStatus, Grant
 
@@ -52,10 +52,11 @@ def payee_of(case: Case) -> tuple[str, str] | None:
 
 
 def slot_of(case: Case) -> str:
-    """The occupation slot (POLICY §5 "Slots"): level for certificate rules, training type for
-    per_person rules, certificate kind for certificate-kind rules such as BJ-SPECOP."""
+    """The occupation slot (POLICY §5 "Slots"): (occupation, level) for certificate_level rules,
+    (occupation, course training type) for per_person rules, SQ-SPECOP included; the certificate
+    kind only for a rule whose policy says `"slot": "certificate_kind"` (BJ-SPECOP)."""
     course = case.accepted.course
-    if case.rule.selected_by is Selector.CERTIFICATE_KIND and case.certificate is not None:
+    if case.rule.slot is SlotKey.CERTIFICATE_KIND and case.certificate is not None:
         return f"kind:{case.certificate.certificate_kind}"
     if case.rule.kind is RuleKind.CERTIFICATE_LEVEL:
         return f"occupation:{course.occupation_code}:{case.level}"

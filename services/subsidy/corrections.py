@@ -30,6 +30,7 @@ import orjson
 
 from shared.contract import topics
 from shared.runtime.outbox import Outbox
+from .cases import ANNUAL_LIMIT
 from .config import SubsidySettings
 from .outputs import SUBSIDY, ReversalReason, digest
 from .policy import Policy, PolicyError, PolicySet
@@ -41,14 +42,13 @@ from .whatif import Scope, arguments, describe, load
 CHUNK = 200
 GRANTED = SUBSIDY + "SubsidyGranted.v1"
 REVERSED = SUBSIDY + "SubsidyReversed.v1"
-# The contract's reversal reasons are closed; a correction takes back money that was paid but
-# not earned under the corrected policy, which is what this code says (POLICY_OPERATIONS.md).
-CORRECTION_REASON = ReversalReason.ADVANCE_NOT_EARNED
+# A correction that lowers an entitlement takes the difference back as `policy_correction`
+# (EVENTS.md §5.3, POLICY.md §6).
+CORRECTION_REASON = ReversalReason.POLICY_CORRECTION
 # Rejections that come from competing with another decision, not from the rules' amounts or
 # groups: a correction never takes back a grant for these (decisions already taken stand).
 COMPETITION = frozenset({"annual_limit", "duplicate_occupation_level", "duplicate_project",
                          "not_stackable", "budget_exhausted"})
-ANNUAL_LIMIT = 3
 
 
 @dataclass(frozen=True)

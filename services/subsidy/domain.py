@@ -378,7 +378,7 @@ class _Run:
         if (case.certificate is not None and rule.certificate_kinds
                 and case.certificate.certificate_kind not in rule.certificate_kinds):
             return RejectionReason.CERTIFICATE_KIND_NOT_COVERED
-        if not self._eligible(case, mode):
+        if not self._eligible(case):
             return RejectionReason.INELIGIBLE_CATEGORY
         if rule.min_insured_months is not None and accepted.insured_months < rule.min_insured_months:
             return RejectionReason.INSUFFICIENT_INSURANCE
@@ -407,7 +407,7 @@ class _Run:
             return RejectionReason.BUDGET_EXHAUSTED
         return None
 
-    def _eligible(self, case: Case, mode: Mode) -> bool:
+    def _eligible(self, case: Case) -> bool:
         """Groups, "only when rural", "insured employer", employer conditions, fee payer, the
         certification date and a payee that exists (ineligible_category otherwise)."""
         rule, accepted = case.rule, case.accepted
@@ -429,7 +429,10 @@ class _Run:
         if (rule.certified_on_or_after is not None and case.certificate is not None
                 and case.certificate.issued_on < rule.certified_on_or_after):
             return False
-        return mode is not Mode.FULL or payee_of(case) is not None
+        # Project-based training pays the institution (advance and settlement), but that changes
+        # who is paid, not who is eligible: an employer-paid rule still needs an employer
+        # (POLICY §5 "Advances and reversals").
+        return payee_of(case) is not None
 
     def _not_stackable(self, case: Case, live: list[Grant]) -> bool:
         """SQ-YGDX / SQ-PREJOB: one excludes the other for the same person and employer."""

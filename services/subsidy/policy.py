@@ -65,6 +65,15 @@ class Selector(StrEnum):
     CERTIFICATE_KIND = "certificate_kind"
 
 
+class SlotKey(StrEnum):
+    """What keys a counted rule's occupation slot (POLICY.md §5 "Slots"): the occupation with the
+    level (certificate_level) or the course's training type (per_person), or, for a rule that
+    says so (BJ-SPECOP: one grant per certificate kind), the certificate's kind."""
+
+    OCCUPATION = "occupation"
+    CERTIFICATE_KIND = "certificate_kind"
+
+
 @dataclass(frozen=True)
 class Amount:
     fen: int
@@ -92,6 +101,7 @@ class Rule:
     training_types: tuple[str, ...] = ()
     certificate_kinds: tuple[str, ...] = ()
     selected_by: Selector = Selector.TRAINING_TYPE
+    slot: SlotKey = SlotKey.OCCUPATION
     requires_pass: bool = False
     min_hours: int | None = None
     min_insured_months: int | None = None
@@ -230,7 +240,7 @@ _POLICY_FIELDS = frozenset(
 )
 _RULE_FIELDS = frozenset(
     {"id", "kind", "subsidy_type", "fund", "payee", "counts_toward_annual_limit", "categories",
-     "training_types", "certificate_kinds", "selected_by", "requires_pass", "min_hours",
+     "training_types", "certificate_kinds", "selected_by", "slot", "requires_pass", "min_hours",
      "min_insured_months", "hire_window_months", "employer_sectors", "employer_hardship",
      "fee_payers", "certified_on_or_after", "fee_capped", "max_months", "not_stackable_with",
      "amount", "amount_by_level", "amount_employee_model_domestic", "percent_bp", "base_rule",
@@ -384,6 +394,7 @@ def _parse_rule(raw: Any, source: str, index: int, valid_from: date) -> Rule:
         training_types=r.members("training_types", TRAINING_TYPES),
         certificate_kinds=r.members("certificate_kinds", CERTIFICATE_KINDS),
         selected_by=_enum(r, "selected_by", Selector) or Selector.TRAINING_TYPE,
+        slot=_enum(r, "slot", SlotKey) or SlotKey.OCCUPATION,
         requires_pass=r.flag("requires_pass"),
         min_hours=r.count("min_hours"),
         min_insured_months=r.count("min_insured_months"),
@@ -477,6 +488,8 @@ def _check_kind_fields(r: _Reader, rule: Rule) -> None:
     ):
         raise r.fail("selected_by", "certificate_kind selection needs a per_person rule with "
                      "certificate_kinds")
+    if rule.slot is SlotKey.CERTIFICATE_KIND and rule.selected_by is not Selector.CERTIFICATE_KIND:
+        raise r.fail("slot", "a certificate_kind slot needs selected_by certificate_kind")
     if rule.amount_employee_model_domestic is not None and kind is not RuleKind.PER_PERSON:
         raise r.fail("amount_employee_model_domestic", "only for per_person")
 

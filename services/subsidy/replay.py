@@ -9,7 +9,7 @@ from enum import StrEnum
 from .domain import BudgetLedger, Fact, Output, PersonState, decide
 from .outputs import SubsidyRejected
 from .policy import PolicySet
-from .state import Grant
+from .state import CertificateStatus, EnrollmentStatus, Grant
 
 
 @dataclass
@@ -53,12 +53,25 @@ def replay_person(policies: PolicySet, recorded: PersonState, budgets: BudgetLed
 
 
 def unlogged(state: PersonState) -> bool:
-    """A state whose fact log misses facts (decided, at least in part, before the engine kept
-    the log): replaying it would forget them, so it is not replayed."""
+    """A state whose fact log misses facts it reflects (decided, at least in part, before the
+    engine kept the log, or damaged): replaying it would forget them, so what-if runs and
+    corrections refuse it. Every enrollment needs its acceptance, its closing (completion or
+    withdrawal) and each of its months; every certificate its issue and, when revoked, its
+    revocation; every waiting revocation itself."""
     logged = {(entry[0], entry[1]) for entry in state.fact_log}
-    return (any(("a", ref) not in logged for ref in state.enrollments)
-            or any(("i", ref) not in logged for ref in state.certificates)
-            or any(("r", ref) not in logged for ref in state.pending_revocations))
+    months = {(entry[1], entry[2]) for entry in state.fact_log if entry[0] == "m"}
+    closing = {EnrollmentStatus.COMPLETED: "c", EnrollmentStatus.WITHDRAWN: "w"}
+    for ref, enrollment in state.enrollments.items():
+        code = closing.get(enrollment.status)
+        if (("a", ref) not in logged or (code is not None and (code, ref) not in logged)
+                or any((ref, month) not in months for month in enrollment.months)):
+            return True
+    for certificate_id, certificate in state.certificates.items():
+        if ("i", certificate_id) not in logged or (
+                certificate.status is CertificateStatus.REVOKED
+                and ("r", certificate_id) not in logged):
+            return True
+    return any(("r", ref) not in logged for ref in state.pending_revocations)
 
 
 class ChangeKind(StrEnum):

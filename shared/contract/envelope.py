@@ -24,12 +24,17 @@ _required = operator.itemgetter(*REQUIRED_ATTRIBUTES)
 
 
 class DecodeError(Exception):
-    """A record that cannot be accepted; ``code`` is the contract's DLQ error-code."""
+    """A record that cannot be accepted; ``code`` is the contract's DLQ error-code.
 
-    def __init__(self, code: str, detail: str) -> None:
+    ``key`` is the record's (source, id) when it has them as strings, so that the same bad
+    record delivered twice is dead-lettered once (EVENTS.md §1: the idempotency key).
+    """
+
+    def __init__(self, code: str, detail: str, key: tuple[str, str] | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,17 @@ def decode(value: bytes | None, topic: str, agencies: frozenset[str] | None = No
         raise DecodeError("malformed_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise DecodeError("not_cloudevent", "record value is JSON but not an object")
+    try:
+        return _decode_object(obj, value, topic, agencies)
+    except DecodeError as exc:
+        source, id = obj.get("source"), obj.get("id")
+        if isinstance(source, str) and isinstance(id, str) and source and id:
+            exc.key = (source, id)
+        raise
+
+
+def _decode_object(obj: dict[str, Any], value: bytes, topic: str,
+                   agencies: frozenset[str] | None) -> CloudEvent:
     try:
         present = None not in _required(obj)  # one C call on the hot path
     except KeyError:

@@ -105,3 +105,4 @@ class ReversalReason(StrEnum):
     CERTIFICATE_REVOKED = "certificate_revoked"
     ADVANCE_NOT_EARNED = "advance_not_earned"
     ENROLLMENT_WITHDRAWN = "enrollment_withdrawn"
+    POLICY_CORRECTION = "policy_correction"  # EVENTS.md §5.3: a correction lowered the entitlement

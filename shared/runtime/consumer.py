@@ -57,7 +57,7 @@ def decode_records(
         try:
             event = decode(record.value, name, agencies)
         except DecodeError as exc:
-            out.dead_letter(record, exc.code, exc.detail)
+            out.dead_letter(record, exc.code, exc.detail, exc.key)
             continue
         consumed[(record.topic, event.type)] += 1
         earlier = seen.get(event.key)
@@ -67,7 +67,7 @@ def decode_records(
         elif earlier == event.digest:
             duplicates += 1
         else:
-            out.dead_letter(record, "conflicting_duplicate", _conflict_detail(event))
+            out.dead_letter(record, "conflicting_duplicate", _conflict_detail(event), event.key)
     for (topic, type), n in consumed.items():
         metrics.CONSUMED.labels(topic=topic, type=type).inc(n)
     if duplicates:
@@ -106,7 +106,8 @@ async def claim(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) ->
         if earlier.get(item.event.key) == item.event.digest:
             metrics.DUPLICATES.inc()
         else:
-            out.dead_letter(item.record, "conflicting_duplicate", _conflict_detail(item.event))
+            out.dead_letter(item.record, "conflicting_duplicate", _conflict_detail(item.event),
+                            item.event.key)
     return [i for i in items if i.event.key in fresh]
 
 

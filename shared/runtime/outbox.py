@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -52,11 +53,11 @@ class Outbox:
     topic_prefix: str = ""
     dlq_topic: str = ""
     rows: list[tuple[str, str, str, bytes, str]] = field(default_factory=list)
-    # Dead letters by the position they came from, so a redelivered bad record is not
-    # dead-lettered twice.
-    dead: list[tuple[tuple[str, int, int], tuple[str, str, str, bytes, str], str]] = field(
-        default_factory=list
-    )
+    # Dead letters by the position they came from and, when the record has one, by its
+    # (source, id) and bytes: a bad record redelivered (after a crash, or sent twice by its
+    # producer) is dead-lettered once.
+    dead: list[tuple[tuple[str, int, int], tuple[str, str, bytes] | None,
+                     tuple[str, str, str, bytes, str], str]] = field(default_factory=list)
 
     def publish(
         self,
@@ -97,8 +98,12 @@ class Outbox:
         headers = [[k, v.decode()] for k, v in envelope.headers()]
         self.rows.append((self.topic_prefix + topic, key, event_type, value, _json(headers)))
 
-    def dead_letter(self, record: RawRecord, code: str, detail: str) -> None:
-        """Send the record, untouched, to the service's DLQ with the contract's headers."""
+    def dead_letter(self, record: RawRecord, code: str, detail: str,
+                    key: tuple[str, str] | None = None) -> None:
+        """Send the record, untouched, to the service's DLQ with the contract's headers.
+
+        ``key`` is the record's (source, id) where it has one: the same bytes under the same key
+        are one dead letter however often they arrive."""
         headers = [
             ["error-code", code],
             ["error-detail", detail[:1000]],
@@ -106,28 +111,51 @@ class Outbox:
             ["original-partition", str(record.partition)],
             ["original-offset", str(record.offset)],
         ]
-        key = record.key.decode("utf-8", "replace") if record.key is not None else ""
-        row = (self.dlq_topic, key, "dead_letter", record.value or b"", _json(headers))
-        self.dead.append(((record.topic, record.partition, record.offset), row, code))
+        key_text = record.key.decode("utf-8", "replace") if record.key is not None else ""
+        row = (self.dlq_topic, key_text, "dead_letter", record.value or b"", _json(headers))
+        identity = None
+        if key is not None:
+            identity = (key[0], key[1], hashlib.sha256(record.value or b"").digest())
+        self.dead.append(((record.topic, record.partition, record.offset), identity, row, code))
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         if self.dead:
-            new = await conn.fetch(
-                "INSERT INTO dead_letters (topic, partition, \"offset\") "
-                "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
-                "ON CONFLICT DO NOTHING RETURNING topic, partition, \"offset\"",
-                [p[0] for p, _, _ in self.dead], [p[1] for p, _, _ in self.dead],
-                [p[2] for p, _, _ in self.dead],
-            )
-            fresh = {(r["topic"], r["partition"], r["offset"]) for r in new}
-            for position, row, code in self.dead:
-                if position in fresh:
-                    self.rows.append(row)
-                    metrics.DLQ.labels(code=code).inc()
-            self.dead = []
+            await self._flush_dead(conn)
         if self.rows:
             await conn.copy_records_to_table("outbox", records=self.rows, columns=COLUMNS)
             self.rows = []
+
+    async def _flush_dead(self, conn: asyncpg.Connection) -> None:
+        new = await conn.fetch(
+            "INSERT INTO dead_letters (topic, partition, \"offset\") "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
+            "ON CONFLICT DO NOTHING RETURNING topic, partition, \"offset\"",
+            [p[0] for p, _, _, _ in self.dead], [p[1] for p, _, _, _ in self.dead],
+            [p[2] for p, _, _, _ in self.dead],
+        )
+        fresh = {(r["topic"], r["partition"], r["offset"]) for r in new}
+        keyed = [i for p, i, _, _ in self.dead if i is not None and p in fresh]
+        first: set[tuple[str, str, bytes]] = set()
+        if keyed:
+            first = {
+                (r["source"], r["id"], bytes(r["digest"])) for r in await conn.fetch(
+                    "INSERT INTO dead_letter_event (source, id, digest) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) "
+                    "ON CONFLICT DO NOTHING RETURNING source, id, digest",
+                    [i[0] for i in keyed], [i[1] for i in keyed], [i[2] for i in keyed],
+                )
+            }
+        for position, identity, row, code in self.dead:
+            if position not in fresh:
+                continue
+            if identity is not None:
+                if identity not in first:
+                    metrics.DUPLICATES.inc()
+                    continue
+                first.discard(identity)  # the same record twice in one batch: the first one
+            self.rows.append(row)
+            metrics.DLQ.labels(code=code).inc()
+        self.dead = []
 
 
 def _json(value: Any) -> str:

@@ -222,7 +222,6 @@ async def test_the_same_assessment_with_different_content_is_a_conflicting_dupli
 
 @pytest.mark.parametrize(("code", "over"), [
     ("level_required", {"certificate_kind": "qualification", "level": None}),
-    ("level_not_allowed", {"certificate_kind": "special_operation", "level": "junior"}),
     ("invalid_national_id", {"national_id": "321302199001011235"}),
 ])
 async def test_an_invalid_result_goes_to_the_dlq_with_its_code(
@@ -238,13 +237,19 @@ async def test_an_invalid_result_goes_to_the_dlq_with_its_code(
     assert collector.events(OUT, "", about(aref)) == []
 
 
-async def test_an_unlevelled_certificate_without_a_level_is_issued(assessment, producer, collector) -> None:
+@pytest.mark.parametrize("level", [None, "junior"])
+async def test_an_unlevelled_certificate_is_issued_without_a_level_whatever_level_was_sent(
+    assessment, producer, collector, level: str | None
+) -> None:
+    """POLICY.md §5 "Certificate levels": a level sent on a level-less kind is ignored."""
     aref = a_ref()
-    await send_result(producer, result(aref, b.national_id(), certificate_kind="special_operation",
-                                       level=None, occupation_code="6-29-03-01"))
+    sent = await send_result(producer, result(aref, b.national_id(), certificate_kind="special_operation",
+                                              level=level, occupation_code="6-29-03-01"))
+    [passed] = await collector.wait_events(OUT, "AssessmentPassed.v1", where=about(aref))
     [issued] = await collector.wait_events(OUT, "CertificateIssued.v1", where=about(aref))
-    assert issued["data"]["level"] is None
+    assert passed["data"]["level"] is None and issued["data"]["level"] is None
     assert issued["data"]["certificate_kind"] == "special_operation"
+    assert sent not in collector.dead_letter_codes(DLQ)
 
 
 # ---- order tolerance ------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from shared.contract import topics
+from shared.contract.envelope import encode_raw
 from tests import builders as b
 from tests.harness import Collector, Producer, ServiceProcess, Stack, wait_for
 
@@ -270,9 +272,6 @@ async def test_invalid_lifecycle_records_are_dead_letters_with_specific_codes(
     ref, _ = await _enrol(producer, collector)
     bad = {
         "invalid_hours": (T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-02", 13)),
-        "date_outside_course": (T + "AttendanceRecorded.v1", b.attendance(ref, "2026-04-02", 8)),
-        "finish_before_start": (T + "TrainingFinished.v1", b.finished(ref, "2026-02-01")),
-        "month_outside_enrollment": (T + "WorkTrainingMonthRecorded.v1", b.month(ref, "2026-09")),
         "institution_mismatch": (T + "AttendanceRecorded.v1",
                                  {**b.attendance(ref, "2026-03-02"), "institution_id": "INST-X"}),
     }
@@ -285,6 +284,98 @@ async def test_invalid_lifecycle_records_are_dead_letters_with_specific_codes(
         lambda: all(collector.dead_letter_codes(DLQ).get(i) == [c] for i, c in ids.items()),
         30, "lifecycle dead letters",
     )
+
+
+async def test_course_dates_are_a_plan_attendance_and_months_outside_them_count(
+    enrollment, producer, collector
+) -> None:
+    """POLICY.md §5: attendance and months outside the planned dates are accepted and counted;
+    only closing ignores later records. Nothing of this is a dead letter."""
+    sent = []
+    ref, _ = await _enrol(producer, collector)  # planned 2026-03-01 .. 2026-03-20
+    for day, hours in (("2026-02-20", 4), ("2026-03-02", 8), ("2026-04-02", 6), ("2026-04-10", 2.5)):
+        sent.append(await producer.event(UP, T + "AttendanceRecorded.v1",
+                                         b.attendance(ref, day, hours), subject=ref))
+    sent.append(await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref, "2026-04-11"),
+                                     subject=ref))
+    await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-04-12"), subject=ref)
+    [done] = await collector.wait_events(OUT, "TrainingCompleted.v1", where=about(ref))
+    # 4 dates; 4 + 8 + 6 + 2.5 = 20.5 hours
+    assert (done["data"]["days_attended"], done["data"]["hours_attended"]) == (4, 20.5)
+    assert done["data"]["completed_on"] == "2026-04-11"
+
+    work, _ = await _enrol(producer, collector, course={
+        "training_type": "work_for_training", "start_date": "2026-01-01", "end_date": "2026-02-28",
+        "level": None})
+    for m in ("2026-02", "2026-05", "2025-12"):
+        sent.append(await producer.event(UP, T + "WorkTrainingMonthRecorded.v1", b.month(work, m),
+                                         subject=work))
+    months = await collector.wait_events(OUT, "WorkTrainingMonthAccepted.v1", 3, where=about(work))
+    assert [(e["data"]["month"], e["data"]["month_index"]) for e in months] == [
+        ("2026-02", 1), ("2026-05", 2), ("2025-12", 3)]
+
+    # A course finished before its planned start is a plan that moved, not an error.
+    early, _ = await _enrol(producer, collector)
+    sent.append(await producer.event(UP, T + "AttendanceRecorded.v1",
+                                     b.attendance(early, "2026-02-10", 8), subject=early))
+    sent.append(await producer.event(UP, T + "TrainingFinished.v1", b.finished(early, "2026-02-11"),
+                                     subject=early))
+    [closed] = await collector.wait_events(OUT, "TrainingCompleted.v1", where=about(early))
+    assert (closed["data"]["days_attended"], closed["data"]["completed_on"]) == (1, "2026-02-11")
+
+    conn = await enrollment.db()
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM attendance WHERE enrollment_ref = $1", ref)
+    finally:
+        await conn.close()
+    assert stored == 4, "the record after closing is ignored, the four before it kept"
+    dead = collector.dead_letter_codes(DLQ)
+    assert not [dead[i] for i in sent if i in dead], "nothing of it is a dead letter"
+
+
+async def test_a_lower_case_x_check_character_is_the_same_person(enrollment, producer, collector) -> None:
+    """POLICY.md §5: a national id ending in a lower-case x is the id with X (same person_id)."""
+    while not (nid := b.national_id()).endswith("X"):
+        pass
+    ref = b.ref()
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(ref, nid.lower()), subject=ref)
+    [accepted] = await collector.wait_events(OUT, "EnrollmentAccepted.v1", where=about(ref))
+    assert accepted["data"]["person_id"] == b.pid(nid)
+    # The same person enrolling again with upper-case X in the same course and dates is a duplicate.
+    twin = b.ref()
+    await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(twin, nid), subject=twin)
+    [rejected] = await collector.wait_events(OUT, "EnrollmentRejected.v1", where=about(twin))
+    assert rejected["data"]["reason"] == "duplicate_enrollment"
+
+
+async def test_a_bad_record_delivered_twice_is_one_dead_letter(enrollment, producer, collector) -> None:
+    """EVENTS.md §1: (source, id) is the idempotency key, dead letters included. The same bad
+    record sent again (at another offset) is not dead-lettered again; a conflicting duplicate sent
+    twice is one dead letter; a different bad record under the same id is a letter of its own."""
+    ref, _ = await _enrol(producer, collector)
+    bad = b.attendance(ref, "2026-03-02", 8)
+    del bad["hours"]  # schema_violation
+    value = encode_raw(T + "AttendanceRecorded.v1", bad, id="twice-bad", source="/institutions/INST-T",
+                       subject=ref, agencyid="suqian", time="2026-03-02T18:00:00+08:00")
+    await producer.raw(UP, value, key=ref)
+    await producer.raw(UP, value, key=ref)
+    first = await producer.event(UP, T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-03", 4),
+                                 subject=ref, id="twice-conflict")
+    conflicting = encode_raw(T + "AttendanceRecorded.v1", b.attendance(ref, "2026-03-03", 5),
+                             id=first, source="/institutions/INST-T", subject=ref, agencyid="suqian",
+                             time="2026-03-01T09:00:00+08:00")
+    for _ in range(2):
+        await producer.raw(UP, conflicting, key=ref)
+    other = dict(bad, date="2026-03-04")
+    await producer.event(UP, T + "AttendanceRecorded.v1", other, subject=ref, id="twice-bad")
+    await producer.event(UP, T + "TrainingFinished.v1", b.finished(ref), subject=ref)
+    await collector.wait_events(OUT, "TrainingCompleted.v1", where=about(ref))
+    await wait_for(lambda: len(collector.dead_letter_codes(DLQ).get("twice-bad", [])) >= 2, 30,
+                   "the two different bad records")
+    await asyncio.sleep(1)  # a second letter of either would be published with them
+    codes = collector.dead_letter_codes(DLQ)
+    assert codes["twice-bad"] == ["schema_violation", "schema_violation"]
+    assert codes["twice-conflict"] == ["conflicting_duplicate"]
 
 
 async def test_a_record_whose_enrollment_never_arrives_is_dead_lettered_as_unknown_reference(

@@ -26,23 +26,22 @@ def result(**over: object) -> Result:
 @pytest.mark.parametrize("kind", ["qualification", "skill_level"])
 def test_a_levelled_certificate_without_a_level_is_refused_as_level_required(kind: str) -> None:
     with pytest.raises(Refusal) as caught:
-        domain.check_level(kind, None)
+        domain.certificate_level(kind, None)
     assert caught.value.code == "level_required"
 
 
 @pytest.mark.parametrize(
     "kind", ["special_operation", "special_equipment", "special_ability", "training_completion"]
 )
-def test_an_unlevelled_certificate_with_a_level_is_refused_as_level_not_allowed(kind: str) -> None:
-    with pytest.raises(Refusal) as caught:
-        domain.check_level(kind, "junior")
-    assert caught.value.code == "level_not_allowed"
-    domain.check_level(kind, None)
+def test_a_level_sent_on_a_level_less_certificate_is_ignored(kind: str) -> None:
+    # POLICY.md §5 "Certificate levels": treated as null, not a dead letter.
+    assert domain.certificate_level(kind, "junior") is None
+    assert domain.certificate_level(kind, None) is None
 
 
-def test_a_levelled_certificate_with_a_level_is_accepted() -> None:
-    domain.check_level("skill_level", "senior")
-    domain.check_level("qualification", "junior")
+def test_a_levelled_certificate_keeps_its_level() -> None:
+    assert domain.certificate_level("skill_level", "senior") == "senior"
+    assert domain.certificate_level("qualification", "junior") == "junior"
 
 
 def test_the_certificate_id_is_derived_from_the_assessment_ref_alone() -> None:

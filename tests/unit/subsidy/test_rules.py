@@ -123,11 +123,15 @@ def test_specop_certificates_pay_the_person_from_any_training_type() -> None:
     assert _granted(bj) == [("BJ-SPECOP", 100000, "person", UI)]
 
 
-def test_sq_prejob_also_covers_special_operation_training() -> None:
+def test_sq_prejob_also_covers_special_operation_training_and_then_holds_the_specop_slot() -> None:
+    """POLICY.md §5 "Slots": SQ-SPECOP keys on (occupation, training type) like every per_person
+    rule, so after SQ-PREJOB on a special_operation course it is duplicate_occupation_level:
+    300 CNY is due, not 300 + 500."""
     outputs = _per_person("suqian", "special_operation", kind="special_operation",
                           employer=employer(), categories=("veteran",))
-    assert _granted(outputs) == [("SQ-PREJOB", 30000, "employer", ES),
-                                 ("SQ-SPECOP", 50000, "person", ES)]
+    assert summary(outputs) == [
+        ("granted", "SQ-PREJOB", "full", 30000, "employer"),
+        ("rejected", "SQ-SPECOP", "duplicate_occupation_level")]
 
 
 @pytest.mark.parametrize("agency,rule,per_day", [("suqian", "SQ-LIVING", 3000),

@@ -9,13 +9,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.subsidy.corrections import GRANTED, REVERSED, correct_person
 from services.subsidy.domain import BudgetLedger, PersonState
 from services.subsidy.policy import Policy, load_policy_file
-from services.subsidy.replay import compare, replay, replay_person
+from services.subsidy.replay import compare, replay, replay_person, unlogged
 from services.subsidy.whatif import Scope, WhatIf
 
 from .test_properties import _script, courses
@@ -140,7 +141,7 @@ def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path
                                  YEAR_2026).corrections
     assert reversal.event_type == REVERSED
     assert (reversal.payload["grant_id"], reversal.payload["amount_fen"],
-            reversal.payload["reason"]) == (grant.grant_id, 10000, "advance_not_earned")
+            reversal.payload["reason"]) == (grant.grant_id, 10000, "policy_correction")
     kept = state.grant(grant.grant_id)
     assert kept.live and kept.event.amount_fen == 20000
     assert compare(state, replay_person(scenario, state, BudgetLedger())) == []
@@ -153,3 +154,35 @@ def test_a_state_decided_partly_before_the_fact_log_is_counted_not_replayed() ->
     run = WhatIf(DEFAULT_POLICIES, load_policy_file(DRAFT), YEAR_2026)
     assert run.person(legacy) == []
     assert (run.persons_unlogged, run.persons_replayed) == (1, 0)
+
+
+def _complete_log_world() -> PersonState:
+    """One person with every kind of logged fact: acceptance, completion, withdrawal, months,
+    an issued and a revoked certificate, and a revocation still waiting for its certificate."""
+    w = World()
+    done = w.enroll("suqian", categories=("low_income",))
+    w.complete(done)
+    w.certify(done)
+    w.revoke(w.last_certificate)
+    work = w.enroll("suqian", training_type="work_for_training", level=None,
+                    categories=("poor_labor",), employer={"id": "EMP-1", "insured": True,
+                                                          "hardship_certified": False,
+                                                          "sector": None,
+                                                          "employee_model_domestic": False})
+    w.month(work, "2026-04", 1)
+    w.month(work, "2026-05", 2)
+    w.withdraw(w.enroll("suqian", start="2026-05-01", end="2026-05-20"))
+    w.revoke("CERT-NOT-YET")
+    return w.state()
+
+
+@pytest.mark.parametrize("code", ["a", "c", "w", "m", "i", "r"])
+def test_a_fact_log_missing_any_kind_of_fact_is_refused_by_what_if(code: str) -> None:
+    state = _complete_log_world()
+    assert not unlogged(state), "the complete log is replayable"
+    kinds = [entry[0] for entry in state.fact_log]
+    assert code in kinds
+    for drop in (kinds.index(code), len(kinds) - 1 - kinds[::-1].index(code)):
+        gap = PersonState.from_json(state.to_json())
+        del gap.fact_log[drop]
+        assert unlogged(gap), f"a log without {state.fact_log[drop]} has a gap"
