@@ -184,6 +184,45 @@ async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> N
         assert dead_letter_codes(collector, DLQS[0]) == +oracle.enrollment.dead_letters
         assert dead_letter_codes(collector, DLQS[1]) == +oracle.assessment.dead_letters
         assert dead_letter_codes(collector, DLQS[2]) == Counter()
+        # Real-world input (POLICY.md §5): courses that overran their plan and level-less
+        # certificates that carry a level are in the population, and none of it is a dead letter.
+        assert overruns(pop) and level_noise(pop)
+        retired = {"date_outside_course", "month_outside_enrollment", "finish_before_start",
+                   "level_not_allowed"}
+        assert not retired & (set(dead_letter_codes(collector, DLQS[0]))
+                              | set(dead_letter_codes(collector, DLQS[1])))
+
+
+def _events(records: list[Record]) -> list[dict[str, Any]]:
+    found = []
+    for record in records:
+        try:
+            event = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue  # the population's malformed records
+        if isinstance(event, dict) and isinstance(event.get("data"), dict):
+            found.append(event)
+    return found
+
+
+def overruns(pop: Population) -> int:
+    """Attendance records dated after their course's planned end."""
+    plans, late = {}, 0
+    for event in _events(pop.training):
+        data = event["data"]
+        if event["type"].endswith("TraineeEnrolled.v1"):
+            plans[data.get("enrollment_ref")] = (data.get("course") or {}).get("end_date")
+        elif event["type"].endswith("AttendanceRecorded.v1"):
+            end = plans.get(data.get("enrollment_ref"))
+            late += bool(end and str(data.get("date", "")) > end)
+    return late
+
+
+def level_noise(pop: Population) -> int:
+    """Results of a level-less certificate kind that carry a level anyway."""
+    return sum(1 for event in _events(pop.assessment)
+               if event["data"].get("certificate_kind") not in (None, "qualification", "skill_level")
+               and event["data"].get("level") is not None)
 
 
 async def _count(service: ServiceProcess, sql: str, at_least: int) -> bool:
