@@ -51,10 +51,10 @@ class Outbox:
     source: str
     topic_prefix: str = ""
     dlq_topic: str = ""
-    rows: list[tuple[str, str, str, bytes, str]] = field(default_factory=list)
+    rows: list[tuple[str, bytes, str, bytes, str]] = field(default_factory=list)
     # Dead letters by the position they came from, so a redelivered bad record is not
     # dead-lettered twice.
-    dead: list[tuple[tuple[str, int, int], tuple[str, str, str, bytes, str], str]] = field(
+    dead: list[tuple[tuple[str, int, int], tuple[str, bytes, str, bytes, str], str]] = field(
         default_factory=list
     )
 
@@ -95,7 +95,7 @@ class Outbox:
 
     def _append(self, topic: str, key: str, event_type: str, value: bytes) -> None:
         headers = [[k, v.decode()] for k, v in envelope.headers()]
-        self.rows.append((self.topic_prefix + topic, key, event_type, value, _json(headers)))
+        self.rows.append((self.topic_prefix + topic, key.encode(), event_type, value, _json(headers)))
 
     def dead_letter(self, record: RawRecord, code: str, detail: str) -> None:
         """Send the record, untouched, to the service's DLQ with the contract's headers."""
@@ -106,8 +106,8 @@ class Outbox:
             ["original-partition", str(record.partition)],
             ["original-offset", str(record.offset)],
         ]
-        key = record.key.decode("utf-8", "replace") if record.key is not None else ""
-        row = (self.dlq_topic, key, "dead_letter", record.value or b"", _json(headers))
+        # The key as it came (bytea): it may hold what text cannot (0x00, invalid UTF-8).
+        row = (self.dlq_topic, record.key or b"", "dead_letter", record.value or b"", _json(headers))
         self.dead.append(((record.topic, record.partition, record.offset), row, code))
 
     async def flush(self, conn: asyncpg.Connection) -> None:
@@ -236,7 +236,7 @@ class Relay:
                 futures.append(
                     await self.producer.send(
                         row["topic"], value=bytes(row["value"]),
-                        key=row["key"].encode(), headers=headers,
+                        key=bytes(row["key"]), headers=headers,
                     )
                 )
             await asyncio.gather(*futures)
