@@ -92,7 +92,7 @@ def decode(
         missing = [a for a in REQUIRED_ATTRIBUTES if obj.get(a) is None]
         raise DecodeError("not_cloudevent", f"missing attributes: {', '.join(missing)}")
     if obj["specversion"] != "1.0":
-        raise DecodeError("not_cloudevent", f"specversion {obj['specversion']!r} is not '1.0'")
+        raise DecodeError("not_cloudevent", f"specversion {obj['specversion']!r:.60} is not '1.0'")
     for attr in ("id", "source", "type", "subject", "agencyid", "time"):
         if not isinstance(obj[attr], str) or not obj[attr]:
             raise DecodeError("not_cloudevent", f"attribute {attr} must be a non-empty string")
@@ -101,9 +101,9 @@ def decode(
     try:
         time = dt.datetime.fromisoformat(obj["time"])
     except ValueError:
-        raise DecodeError("not_cloudevent", f"time {obj['time']!r} is not RFC 3339") from None
+        raise DecodeError("not_cloudevent", f"time {obj['time']!r:.60} is not RFC 3339") from None
     if time.tzinfo is None:
-        raise DecodeError("not_cloudevent", f"time {obj['time']!r} has no UTC offset")
+        raise DecodeError("not_cloudevent", f"time {obj['time']!r:.60} has no UTC offset")
     model = TOPIC_TYPES.get(topic, {}).get(obj["type"])
     if model is None:
         raise DecodeError(
