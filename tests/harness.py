@@ -23,10 +23,12 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract import topics
 from shared.contract.envelope import encode_raw, headers
+from shared.runtime.service import new_topics
+from shared.runtime.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -71,8 +73,10 @@ class Stack:
         admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
         await admin.start()
         try:
+            # As the services create them: retention, replication and min.insync.replicas
+            # from the same settings (TOPIC_* from the environment, else the defaults).
             await admin.create_topics(
-                [NewTopic(self.topic(t), partitions, 1) for t in topics.ALL_TOPICS]
+                new_topics(ServiceSettings(topic_prefix=self.prefix), topics.ALL_TOPICS, partitions)
             )
         finally:
             await admin.close()

@@ -4,7 +4,9 @@
 
 Reads the same settings as the service (environment, e.g. ENROLLMENT_DATABASE_URL,
 KAFKA_BOOTSTRAP_SERVERS, TOPIC_PREFIX, ENROLLMENT_HTTP_PORT). Refuses while the service answers on
-its /healthz port or while its consumer group has live members. Then it rewinds the service's
+its /healthz port, while its consumer group has live members, or when any input partition's
+history no longer starts at offset 0 (retention or DeleteRecords removed records: a rebuild
+would forget the decisions they led to and could pay again). Then it rewinds the service's
 consumer group to the beginning of its input topics (first, so a failure later leaves a service
 that re-reads everything into its intact database, which the inbox absorbs), drops and recreates
 the database and migrates it. Started again, the service re-reads its input from the start and
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 
@@ -53,6 +56,8 @@ def answers_healthz(settings: ServiceSettings) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2):
             return True
+    except urllib.error.HTTPError:
+        return True  # 503 from a stalled consumer (CONSUMER_STALL_SECONDS) is still a live service
     except OSError:
         return False
 
@@ -87,7 +92,8 @@ async def input_partitions(settings: ServiceSettings, topic_names: Sequence[str]
 
 async def rewind_group(settings: ServiceSettings, topic_names: Sequence[str]) -> dict[str, int]:
     """Commit the log start offset of every input partition for the service's group; return
-    how many records the service will re-read, per topic."""
+    how many records the service will re-read, per topic. Refuses, changing nothing, when a
+    partition's log start offset is above 0: its first records are gone."""
     partitions = await input_partitions(settings, topic_names)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.group_id,
@@ -96,8 +102,19 @@ async def rewind_group(settings: ServiceSettings, topic_names: Sequence[str]) ->
     await consumer.start()
     try:
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        starts = {tp: await consumer.position(tp) for tp in partitions}
+        starts = await consumer.beginning_offsets(partitions)
+        truncated = {tp: offset for tp, offset in starts.items() if offset > 0}
+        if truncated:
+            shown = ", ".join(f"{tp.topic}[{tp.partition}] starts at {offset}"
+                              for tp, offset in sorted(truncated.items())[:5])
+            raise Refused(
+                f"the history of {len(truncated)} input partition(s) no longer starts at offset 0 "
+                f"({shown}{', ...' if len(truncated) > 5 else ''}): retention or DeleteRecords "
+                "removed records, and a database rebuilt without them would forget the decisions "
+                "they led to (and could pay again). Nothing was changed. Keep the database, or "
+                "restore the full history first; create topics with retention.ms=-1 "
+                "(TOPIC_RETENTION_MS, docs/OPERATIONS.md)"
+            )
         ends = await consumer.end_offsets(partitions)
         await consumer.commit(starts)
         for tp, offset in starts.items():

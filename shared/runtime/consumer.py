@@ -55,7 +55,7 @@ def decode_records(
         if name is None:
             name = names[record.topic] = record.topic.removeprefix(topic_prefix)
         try:
-            event = decode(record.value, name, agencies)
+            event = decode(record.value, name, agencies, record.key)
         except DecodeError as exc:
             out.dead_letter(record, exc.code, exc.detail, exc.key)
             continue
@@ -73,6 +73,12 @@ def decode_records(
     if duplicates:
         metrics.DUPLICATES.inc(duplicates)
     return good
+
+
+def _refusal(exc: BaseException) -> str:
+    # The class and SQLSTATE only: PostgreSQL's message may quote the refused value.
+    return (f"PostgreSQL refused the record: {type(exc).__name__} "
+            f"(SQLSTATE {getattr(exc, 'sqlstate', None)})")
 
 
 def _conflict_detail(event: CloudEvent) -> str:
@@ -215,6 +221,9 @@ class BatchConsumer:
         self.crash_after_db_commit = crash_after_db_commit
         self.healthy = False
         self.last_poll = 0.0
+        # Last time the consumer moved on: a slice of records committed, or a poll found nothing
+        # waiting. /healthz fails when this is too old (a partition that does not move).
+        self.progressed_at = time.monotonic()
         # Wall-clock time at which every assigned partition was last seen fully processed;
         # records parked before (this - waiting period) may be given up on (see Sweep).
         self.caught_up_at = 0.0
@@ -248,14 +257,17 @@ class BatchConsumer:
                 await self.commit_offsets()
                 self.healthy = bool(self.consumer.assignment())
                 waiting = self.order is not None and any(self.order.buffers.values())
+                if not waiting:
+                    self.progressed_at = time.monotonic()
                 if self.healthy and self.kafka_ok() and not waiting:
                     self.caught_up_at = time.time()
                 continue
             try:
                 await self.process(batch)
             except db.DATABASE_ERRORS as exc:
-                # The database is unreachable or failed: nothing was committed, so rewind to
-                # the batch's first offsets and try again after a bounded backoff.
+                # The database is unreachable or failed (a refusal of the data itself was
+                # isolated in process): rewind to the batch's first offsets and try again after
+                # a bounded backoff. Slices already committed are skipped through the inbox.
                 self.healthy = False
                 log.warning("batch failed, will retry", extra={"error": repr(exc)})
                 if self.order is not None:
@@ -277,6 +289,20 @@ class BatchConsumer:
             for records in batch.values() for r in records
         ]
         metrics.BATCH_SIZE.observe(len(records))
+        try:
+            await self.store(records)
+        except db.DATABASE_ERRORS as exc:
+            if not db.refused(exc):
+                raise
+            await self.isolate(records, exc)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.relay.wake.set()
+        if self.crash_after_db_commit:
+            log.warning("test hook: exiting between database commit and offset commit")
+            os._exit(17)
+
+    async def store(self, records: list[RawRecord]) -> None:
+        """Decode, claim, handle and write ``records`` in one transaction."""
         out = self.make_outbox()
         decoded = decode_records(records, self.agencies, out, out.topic_prefix)
         # Every line logged while this batch is handled carries its trace ids (W3C traceparent).
@@ -287,11 +313,36 @@ class BatchConsumer:
                     await self.handler(conn, fresh, out)
                 await out.flush(conn)
             log.debug("batch committed", extra={"records": len(records), "fresh": len(fresh)})
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        self.relay.wake.set()
-        if self.crash_after_db_commit:
-            log.warning("test hook: exiting between database commit and offset commit")
-            os._exit(17)
+        self.progressed_at = time.monotonic()
+
+    async def isolate(self, records: list[RawRecord], exc: BaseException) -> None:
+        """The database refused something in ``records`` (db.refused): it is a record's fault
+        and retrying would fail forever. Split the records in halves, each stored in its own
+        transaction, first to last (so each partition keeps its order), until the record that
+        fails alone is found; dead-letter it as database_refused and go on."""
+        if len(records) == 1:
+            [record] = records
+            out = self.make_outbox()
+            out.dead_letter(record, "database_refused", _refusal(exc))
+            async with self.pool.acquire() as conn, conn.transaction():
+                await out.flush(conn)
+            log.warning("record refused by the database, dead-lettered", extra={
+                "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                "error": repr(exc)[:500],
+            })
+            self.progressed_at = time.monotonic()
+            return
+        middle = len(records) // 2
+        for half in (records[:middle], records[middle:]):
+            try:
+                await self.store(half)
+            except db.DATABASE_ERRORS as inner:
+                if not db.refused(inner):
+                    raise
+                await self.isolate(half, inner)
+
+    def seconds_without_progress(self) -> float:
+        return time.monotonic() - self.progressed_at
 
     async def commit_offsets(self) -> None:
         """Commit the processed offsets to Kafka (those of partitions still assigned)."""

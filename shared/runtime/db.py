@@ -22,6 +22,20 @@ DATABASE_ERRORS = (
     OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
 )
 
+# SQLSTATE classes in which PostgreSQL refuses the data itself: data exceptions (22: NUL in
+# text, a number out of range, including an argument asyncpg cannot encode), integrity
+# constraint violations (23) and program limits (54: an index row too large). The same records
+# fail the same way every time, so the consumer isolates the record instead of retrying.
+# Everything else (connection loss, 40001 serialization failure, 40P01 deadlock, 57P01 admin
+# shutdown, 53300 too many connections, ...) is transient: rewind and retry.
+REFUSED_CLASSES = frozenset({"22", "23", "54"})
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused the data (a record's fault) rather than failed."""
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return isinstance(sqlstate, str) and sqlstate[:2] in REFUSED_CLASSES
+
 
 class SchemaBehind(RuntimeError):
     """The database lacks migrations the code needs; run the service's ``migrate`` command."""

@@ -52,12 +52,12 @@ class Outbox:
     source: str
     topic_prefix: str = ""
     dlq_topic: str = ""
-    rows: list[tuple[str, str, str, bytes, str]] = field(default_factory=list)
+    rows: list[tuple[str, bytes, str, bytes, str]] = field(default_factory=list)
     # Dead letters by the position they came from and, when the record has one, by its
     # (source, id) and bytes: a bad record redelivered (after a crash, or sent twice by its
     # producer) is dead-lettered once.
     dead: list[tuple[tuple[str, int, int], tuple[str, str, bytes] | None,
-                     tuple[str, str, str, bytes, str], str]] = field(default_factory=list)
+                     tuple[str, bytes, str, bytes, str], str]] = field(default_factory=list)
 
     def publish(
         self,
@@ -96,7 +96,7 @@ class Outbox:
 
     def _append(self, topic: str, key: str, event_type: str, value: bytes) -> None:
         headers = [[k, v.decode()] for k, v in envelope.headers()]
-        self.rows.append((self.topic_prefix + topic, key, event_type, value, _json(headers)))
+        self.rows.append((self.topic_prefix + topic, key.encode(), event_type, value, _json(headers)))
 
     def dead_letter(self, record: RawRecord, code: str, detail: str,
                     key: tuple[str, str] | None = None) -> None:
@@ -111,8 +111,8 @@ class Outbox:
             ["original-partition", str(record.partition)],
             ["original-offset", str(record.offset)],
         ]
-        key_text = record.key.decode("utf-8", "replace") if record.key is not None else ""
-        row = (self.dlq_topic, key_text, "dead_letter", record.value or b"", _json(headers))
+        # The key as it came (bytea): it may hold what text cannot (0x00, invalid UTF-8).
+        row = (self.dlq_topic, record.key or b"", "dead_letter", record.value or b"", _json(headers))
         identity = None
         if key is not None:
             identity = (key[0], key[1], hashlib.sha256(record.value or b"").digest())
@@ -264,7 +264,7 @@ class Relay:
                 futures.append(
                     await self.producer.send(
                         row["topic"], value=bytes(row["value"]),
-                        key=row["key"].encode(), headers=headers,
+                        key=bytes(row["key"]), headers=headers,
                     )
                 )
             await asyncio.gather(*futures)

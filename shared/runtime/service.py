@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,15 @@ def http_app(
     """The service's HTTP app; ``tokens`` None means open (tests of the host alone)."""
 
     async def healthz(request: Request) -> Response:
+        # Alive is more than answering: a consumer that has records to handle but has
+        # committed nothing for CONSUMER_STALL_SECONDS is stuck, and a restart is the cure.
+        if runtime is not None:
+            stalled = runtime.batches.seconds_without_progress()
+            if stalled > runtime.settings.consumer_stall_seconds:
+                return JSONResponse(
+                    {"status": "stalled", "seconds_without_progress": round(stalled)},
+                    status_code=503,
+                )
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
@@ -254,20 +263,45 @@ async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
         pass
 
 
+def topic_configs(settings: ServiceSettings, name: str) -> dict[str, str]:
+    """Topic-level configs of one contract topic (``name`` without the prefix): the history of
+    the event topics is kept (a rebuild replays it), dead letters expire."""
+    dlq = name in {topics.dlq(s) for s in ("enrollment", "assessment", "subsidy")}
+    retention = settings.dlq_retention_ms if dlq else settings.topic_retention_ms
+    return {
+        "retention.ms": str(retention),
+        "min.insync.replicas": str(settings.topic_min_insync_replicas),
+    }
+
+
+def new_topics(settings: ServiceSettings, names: Sequence[str], partitions: int) -> list[NewTopic]:
+    """The contract topics ``names`` as the configured prefix, partitions, replication factor,
+    min.insync.replicas and retention make them."""
+    return [
+        NewTopic(settings.topic(t), num_partitions=partitions,
+                 replication_factor=settings.topic_replication_factor,
+                 topic_configs=topic_configs(settings, t))
+        for t in names
+    ]
+
+
 async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None:
     """Create the contract's topics (with the configured prefix) where they do not exist yet."""
+    if settings.topic_min_insync_replicas > settings.topic_replication_factor:
+        raise SystemExit(
+            f"TOPIC_MIN_INSYNC_REPLICAS={settings.topic_min_insync_replicas} is above "
+            f"TOPIC_REPLICATION_FACTOR={settings.topic_replication_factor}: no write could succeed"
+        )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_security(settings)
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.topic(t) for t in topics.ALL_TOPICS if settings.topic(t) not in existing]
+        wanted = [t for t in topics.ALL_TOPICS if settings.topic(t) not in existing]
         if wanted:
             try:
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
-                )
+                await admin.create_topics(new_topics(settings, wanted, partitions))
             except TopicAlreadyExistsError:
                 pass  # another replica or service created it first
     finally:

@@ -32,6 +32,24 @@ class ServiceSettings(BaseSettings):
     agencies: tuple[str, ...] = Field(DEFAULT_AGENCIES, validation_alias="AGENCIES")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     topic_partitions: int = Field(12, validation_alias="TOPIC_PARTITIONS")
+    topic_replication_factor: int = Field(
+        1, ge=1, validation_alias="TOPIC_REPLICATION_FACTOR",
+        description="replicas of every topic the services create (1 fits the single local broker; "
+        "production: 3)",
+    )
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, validation_alias="TOPIC_MIN_INSYNC_REPLICAS",
+        description="min.insync.replicas of the topics the services create (production: 2)",
+    )
+    topic_retention_ms: int = Field(
+        -1, ge=-1, validation_alias="TOPIC_RETENTION_MS",
+        description="retention.ms of the upstream, internal and output topics: -1 keeps every "
+        "record, which a rebuild from the log needs",
+    )
+    dlq_retention_ms: int = Field(
+        30 * 24 * 3600 * 1000, ge=-1, validation_alias="DLQ_RETENTION_MS",
+        description="retention.ms of the skills.<service>.dlq topics (default 30 days)",
+    )
 
     api_tokens: str = Field(
         "", validation_alias="API_TOKENS",
@@ -85,6 +103,10 @@ class ServiceSettings(BaseSettings):
         "is dead-lettered as unknown_reference",
     )
     sweep_interval_seconds: float = 5.0
+    consumer_stall_seconds: float = Field(
+        300.0, description="/healthz fails (503) when the consumer has had records to handle but "
+        "committed nothing for this long, so an orchestrator restarts the process",
+    )
     crash_after_db_commit: bool = Field(
         False, description="test hook: exit abruptly after the first batch's database commit, "
         "before its Kafka offsets are committed",

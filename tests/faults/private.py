@@ -24,12 +24,14 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 from cryptography.fernet import Fernet
 
 from shared.contract import topics
 from shared.contract.envelope import DecodeError, decode, headers
+from shared.runtime.service import new_topics
+from shared.runtime.settings import ServiceSettings
 from services.enrollment.config import DEV_DATA_KEY
 from tests.e2e.test_seeded_population import as_set, diff, per_person_order, without_detail
 from tests.harness import ROOT, Collector, Producer, ServiceProcess, Stack, free_port, wait_for
@@ -123,9 +125,10 @@ class World(Stack):
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
         await admin.start()
         try:
-            await admin.create_topics([
-                NewTopic(self.topic(t), partitions or self.partitions, 1) for t in topics.ALL_TOPICS
-            ])
+            await admin.create_topics(new_topics(
+                ServiceSettings(topic_prefix=self.prefix), topics.ALL_TOPICS,
+                partitions or self.partitions,
+            ))
         finally:
             await admin.close()
 

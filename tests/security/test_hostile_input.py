@@ -25,7 +25,7 @@ from tests.harness import ROOT
 pytestmark = pytest.mark.security
 
 CODES = {"malformed_json", "not_cloudevent", "unknown_type", "schema_violation", "unknown_agency",
-         "too_large"}
+         "too_large", "control_character", "too_long", "integer_out_of_range", "invalid_key"}
 AGENCIES = frozenset({"city-a", "suqian", "baoshan", "beijing"})
 POLICIES = load_policy_dir(ROOT / "services/subsidy/policies")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -141,6 +141,56 @@ def test_random_json_is_decoded_or_refused_with_a_contract_code(value, topic) ->
 def test_mutated_valid_events_are_decoded_or_refused_with_a_contract_code(record) -> None:
     topic, value = record
     decode_or_dead_letter(value, topic)
+
+
+@st.composite
+def poisoned(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid record with one attribute or (nested) data field set to what PostgreSQL refuses:
+    a string with NUL or another control character, a long string, an integer beyond bigint."""
+    topic, value = draw(st.sampled_from(VALID))
+    event = orjson.loads(value)
+    holders = [event, event["data"], *(v for v in event["data"].values() if isinstance(v, dict))]
+    holder = draw(st.sampled_from(holders))
+    key = draw(st.sampled_from(sorted(k for k in holder if k not in ("data", "specversion"))))
+    holder[key] = draw(
+        st.builds(lambda a, c, b: a + c + b, st.text(max_size=8),
+                  st.sampled_from(["\x00", "\x01", "\x1b", "\x7f", "\x85"]), st.text(max_size=8))
+        | st.text(min_size=1025, max_size=1100, alphabet="ab")
+        | st.integers(min_value=2**63, max_value=2**64 - 1)
+        | st.integers(min_value=2**63).map(float)
+    )
+    return topic, json.dumps(event, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+@FUZZ
+@given(mutated() | poisoned())
+def test_a_decoded_event_holds_nothing_postgresql_would_refuse(record) -> None:
+    """No NUL in a kept string, no control character or over-long envelope identifier, no
+    integer beyond bigint: what would fail the batch's transaction every time."""
+    topic, value = record
+    event = decode_or_dead_letter(value, topic)
+    if event is None:
+        return
+    for attr in (event.id, event.source, event.subject, event.agencyid):
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in attr)
+        assert len(attr.encode("utf-8", "surrogatepass")) <= 1024
+
+    def storable(value: Any) -> None:
+        if isinstance(value, str):
+            assert "\x00" not in value
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            assert -(2**63) <= value < 2**63
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                storable(k)
+                storable(v)
+        elif isinstance(value, list):
+            for v in value:
+                storable(v)
+
+    storable(ev.dump(event.data))
 
 
 def test_every_unmutated_event_decodes() -> None:

@@ -196,6 +196,15 @@ def test_k8s_autoscaling_follows_the_consumer_group_of_each_service() -> None:
         assert obj["spec"]["maxReplicaCount"] <= int(k8s_kind("ConfigMap")["skills-config"]["data"]["TOPIC_PARTITIONS"])
 
 
+def test_k8s_topics_are_replicated_and_keep_their_history() -> None:
+    config = k8s_kind("ConfigMap")["skills-config"]["data"]
+    settings = ServiceSettings.model_validate(config)
+    assert settings.topic_replication_factor >= 3
+    assert 2 <= settings.topic_min_insync_replicas < settings.topic_replication_factor
+    assert settings.topic_retention_ms == -1  # tools.rebuild needs every record
+    assert settings.dlq_retention_ms > 0
+
+
 def test_the_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
