@@ -46,6 +46,9 @@ test: stack-up
 test-faults: stack-up
 	$(PY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
+# The demo's services decide with the budgeted policy set (budgets that run out mid-run), unless
+# SUBSIDY_POLICY_DIR says otherwise; the variable reaches `up` (a prerequisite) and the demo.
+demo: export SUBSIDY_POLICY_DIR ?= $(CURDIR)/tools/policies/budgeted
 demo: up
 	$(PY) -m tools.demo $(DEMO_ARGS)
 
