@@ -10,7 +10,7 @@ help:
 	@echo "make status   one line per component"
 	@echo "make test     set up and run the whole test suite (starts the stack if needed)"
 	@echo "make test-faults  only the fault-injection suite (private Kafka and PostgreSQL, ~6 min)"
-	@echo "make demo     run the multi-agency end-to-end flow on the real stack and print a report"
+	@echo "make demo     run the multi-agency end-to-end flow on the real stack (budgeted policies) and print a report"
 	@echo "make bench    end-to-end benchmark on the real stack (BENCH_ARGS='--persons 5000' for a quick run)"
 	@echo "make schemas  regenerate contract/schemas/*.json from the contract models"
 	@echo "make asyncapi write docs/asyncapi.json from the code"
@@ -46,6 +46,9 @@ test: stack-up
 test-faults: stack-up
 	$(PY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
+# The demo's services decide with the budgeted policy set (budgets that run out mid-run), unless
+# SUBSIDY_POLICY_DIR says otherwise; the variable reaches `up` (a prerequisite) and the demo.
+demo: export SUBSIDY_POLICY_DIR ?= $(CURDIR)/tools/policies/budgeted
 demo: up
 	$(PY) -m tools.demo $(DEMO_ARGS)
 

@@ -242,6 +242,8 @@ class Received:
     key: str | None
     value: bytes
     headers: dict[str, str]
+    timestamp: int = 0  # the record's Kafka timestamp (ms): the relay's publication order
+    partition: int = 0
 
     @property
     def event(self) -> dict[str, Any]:
@@ -275,7 +277,7 @@ class Collector:
         async for r in self.consumer:
             self.records.append(Received(
                 r.topic[len(self.prefix):], r.key.decode() if r.key else None, r.value,
-                {k: v.decode() for k, v in r.headers},
+                {k: v.decode() for k, v in r.headers}, r.timestamp, r.partition,
             ))
 
     def events(self, topic: str, type_suffix: str = "", where: Callable[[dict[str, Any]], bool] = lambda e: True) -> list[dict[str, Any]]:

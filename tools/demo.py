@@ -7,6 +7,12 @@ services have settled, every assessment record. A phase has settled when each se
 group has committed up to the end of its input topics, its /metrics show no lag and an empty
 outbox, and no new output has appeared for a quiet period; a deadline bounds the wait.
 
+The services are meant to run with the budgeted policy set (tools/policies/budgeted: the shipped
+policies with 2026 budgets that run out in a run of this size; `make demo` starts them with
+SUBSIDY_POLICY_DIR pointing there), so the report shows thresholds reached and budget_exhausted
+rejections per agency and fund. --policy-dir names the set the subsidy service runs with: the
+report reads which fund each rule draws on from it, and notes when the service's budgets differ.
+
 Each run gets its own seed (from the clock unless --seed is given); the simulator puts the seed
 into every enrollment, assessment and event id, so a new run's records are new to the services,
 and the report counts only the subsidy events whose basis is one of this run's references.
@@ -40,8 +46,9 @@ from rich.text import Text
 
 from shared.contract import topics
 from shared.contract.envelope import headers
+from tools.moneycheck import Policies
 from tools.population import DEFAULT_AGENCIES, ENROLLED, YEAR, Population, Record, simulate
-from tools.report import AgencyTally, ApiTotals, Report, Sample, Tally, render_html, terminal_summary
+from tools.report import AgencyTally, ApiTotals, Report, Sample, Tally, cny, render_html, terminal_summary
 
 SERVICES = ("enrollment", "assessment", "subsidy")
 DEFAULT_PERSONS = 3000  # about a minute on a 2-core box
@@ -54,6 +61,7 @@ OUTPUTS = {topics.ENROLLMENT_EVENTS: "enrollment", topics.ASSESSMENT_EVENTS: "as
            topics.SUBSIDY_EVENTS: "subsidy"}
 DLQS = {topics.dlq(s): s for s in SERVICES}
 QUIET_SECONDS = 2.0
+BUDGETED = Path(__file__).with_name("policies") / "budgeted"
 POLL_SECONDS = 0.25
 
 
@@ -79,6 +87,7 @@ class Options:
     report: Path | None = None
     timeout: float | None = None  # seconds per phase; default grows with the population
     allow_replay: bool = False
+    policy_dir: Path = field(default_factory=lambda: Path(os.environ.get("SUBSIDY_POLICY_DIR") or BUDGETED))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -97,10 +106,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--timeout", type=float, help="seconds each phase may take to settle")
     p.add_argument("--allow-replay", action="store_true",
                    help="stream a seed this stack has seen before (expect no new decisions)")
+    p.add_argument("--policy-dir", type=Path, default=defaults.policy_dir,
+                   help="the subsidy service's policy set (SUBSIDY_POLICY_DIR; default tools/policies/budgeted)")
     a = p.parse_args(argv)
     return Options(a.persons, a.seed, tuple(x for x in a.agencies.split(",") if x), a.disorder,
                    a.topic_prefix, {s: getattr(a, f"{s}_url").rstrip("/") for s in SERVICES},
-                   a.kafka, a.report, a.timeout, a.allow_replay)
+                   a.kafka, a.report, a.timeout, a.allow_replay, a.policy_dir)
 
 
 @dataclass
@@ -265,9 +276,12 @@ class Demo:
         self.options, self.console = options, console
         seed = options.seed if options.seed is not None else int(time.time())
         self.services = Services(options.urls)
+        self.policies = Policies.from_dir(options.policy_dir)
+        rule_funds = {(f.agency, rule): r["fund"] for f in self.policies.files for rule, r in f.rules.items()}
         self.report = Report(seed, options.persons, options.agencies, options.disorder,
                              options.topic_prefix, dt.datetime.now().astimezone(),
-                             Tally(f"/{seed}-", {a: AgencyTally() for a in options.agencies}))
+                             Tally(f"/{seed}-", {a: AgencyTally() for a in options.agencies},
+                                   rule_funds=rule_funds))
         self.view = View()
         self.watcher: Watcher  # made in run(): its Kafka clients belong to the running event loop
         self.settling = False  # while a phase settles, its loop polls the services for the display too
@@ -290,6 +304,7 @@ class Demo:
         try:
             await self.watcher.start()
             report.api_before = await self.services.totals(opts.agencies, years)
+            report.notes += self._budget_notes(years)
             self.t0 = time.monotonic()
             with Live(self.render(), console=self.console, auto_refresh=False, transient=True) as live:
                 refresher = asyncio.create_task(self._refresh(live))
@@ -309,6 +324,29 @@ class Demo:
         finally:
             await self.watcher.stop()
         return report
+
+    def _budget_notes(self, years: Sequence[int]) -> list[str]:
+        """What the reader must know to read the budgets: a service running another policy set,
+        and budgets an earlier run on this stack already spent (budgets are per year and the
+        stack keeps them, so thresholds are reported once per stack, not once per run)."""
+        notes = []
+        for agency in self.options.agencies:
+            before = self.report.api_before.get(agency, ApiTotals()).budgets
+            for year in years:
+                for fund in sorted({f for p in self.policies.files if p.agency == agency for f in p.budgets}):
+                    want = self.policies.budget_fen(agency, fund, year)
+                    cap, committed = before.get((fund, year), (None, 0))
+                    if cap != want:
+                        notes.append(f"{agency} {fund} {year}: the subsidy service's budget is "
+                                     f"{'unlimited' if cap is None else cny(cap)}, {self.options.policy_dir} "
+                                     f"sets {'none' if want is None else cny(want)}: it runs another policy "
+                                     "set (SUBSIDY_POLICY_DIR); `make down && make demo` restarts it with the "
+                                     "budgeted one")
+                    elif cap and committed * 10 >= cap * 8:
+                        notes.append(f"{agency} {fund} {year}: {committed / cap:.0%} of the budget was committed "
+                                     "before this run (an earlier run on this stack): its thresholds were "
+                                     "reported then, and this run's grants from it may be budget_exhausted")
+        return notes
 
     async def _refuse_replay(self, pop: Population) -> None:
         first = next((r.key for r in pop.training if f"/{pop.seed}-" in r.key

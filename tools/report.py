@@ -51,6 +51,7 @@ class AgencyTally:
     rejections: Counter[str] = field(default_factory=Counter)
     reversals: dict[str, Money] = field(default_factory=dict)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
+    exhausted: Counter[str] = field(default_factory=Counter)  # fund -> budget_exhausted rejections
     dead_letters: Counter[str] = field(default_factory=Counter)  # "service:code"
 
     @property
@@ -72,6 +73,8 @@ class Tally:
     grant_ids: set[str] = field(default_factory=set)
     years: set[int] = field(default_factory=set)
     others: int = 0  # subsidy events of other runs that happened to be published meanwhile
+    # (agency, rule) -> fund, from the policy files: a rejection names its rule, not its fund.
+    rule_funds: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def agency(self, name: str) -> AgencyTally:
         return self.agencies.setdefault(name, AgencyTally())
@@ -103,6 +106,8 @@ class Tally:
             tally.by_fund.setdefault(data["fund"], Money()).add(data["amount_fen"])
         elif kind == "SubsidyRejected":
             tally.rejections[data["reason"]] += 1
+            if data["reason"] == "budget_exhausted":
+                tally.exhausted[self.rule_funds.get((data["agency"], data["rule"]), "?")] += 1
         elif kind == "SubsidyReversed":
             tally.reversals.setdefault(data["reason"], Money()).add(data["amount_fen"])
 
@@ -143,6 +148,29 @@ class ApiTotals:
 
 
 @dataclass
+class BudgetLine:
+    """One agency's fund: (year, budget, committed now, committed before the run) per budgeted
+    year, the thresholds this run reached as (year, basis points), its budget_exhausted rejections."""
+
+    agency: str
+    fund: str
+    years: list[tuple[int, int, int, int]]
+    reached: list[tuple[int, int]]
+    exhausted: int
+
+    def budget_text(self) -> str:
+        return "; ".join(f"{y}: {cny(cap)}" for y, cap, _c, _b in self.years) or "none"
+
+    def committed_text(self) -> str:
+        # Rounded down: 99.99% must not read as the 100% the budget never reached.
+        return "; ".join(f"{y}: {cny(c)} ({c * 1000 // cap / 10:.1f}%)" if cap else f"{y}: {cny(c)}"
+                         for y, cap, c, _b in self.years) or "-"
+
+    def reached_text(self) -> str:
+        return ", ".join(f"{y} {bp / 100:.0f}%" for y, bp in self.reached) or "none"
+
+
+@dataclass
 class Sample:
     """Cumulative counts at one moment of the run (seconds since its start)."""
 
@@ -170,6 +198,22 @@ class Report:
     api_after: dict[str, ApiTotals] = field(default_factory=dict)
     parked: int = 0
     problem: str = ""  # empty when every phase settled before its deadline
+    notes: list[str] = field(default_factory=list)  # what the reader should know about the stack
+
+    def budgets(self) -> list[BudgetLine]:
+        """Per agency and fund: its budgets, committed money, thresholds reached and
+        budget_exhausted rejections in this run (funds with a budget or an exhaustion only)."""
+        lines = []
+        for agency in self.agencies:
+            tally, after = self.tally.agencies.get(agency, AgencyTally()), self.api_after.get(agency, ApiTotals())
+            before = self.api_before.get(agency, ApiTotals())
+            funds = {f for (f, _y), (cap, _c) in after.budgets.items() if cap is not None} | set(tally.exhausted)
+            for fund in sorted(funds):
+                years = sorted((y, cap, committed, before.budgets.get((f, y), (None, 0))[1])
+                               for (f, y), (cap, committed) in after.budgets.items() if f == fund and cap is not None)
+                reached = sorted((t["year"], t["threshold_bp"]) for t in tally.thresholds if t["fund"] == fund)
+                lines.append(BudgetLine(agency, fund, years, reached, tally.exhausted[fund]))
+        return lines
 
     @property
     def duration(self) -> float:
@@ -260,6 +304,15 @@ def terminal_summary(report: Report, html_path: Path | None = None) -> Renderabl
         dead = ", ".join(f"{c} {n:,}" for c, n in sorted(a.dead_letters.items())) or "none"
         parts += [Text.assemble(("  rejections: ", "bold"), reasons), Text.assemble(
             ("  reversals: ", "bold"), reversals), Text.assemble(("  dead letters: ", "bold"), dead)]
+    budgets = Table(title="Budgets: thresholds reached and budget_exhausted rejections (this run)",
+                    title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for col in ("agency", "fund", "budget", "committed", "thresholds reached", "budget_exhausted"):
+        budgets.add_column(col, justify="right" if col == "budget_exhausted" else "left")
+    for line in report.budgets():
+        budgets.add_row(line.agency, line.fund, line.budget_text(), line.committed_text(), line.reached_text(),
+                        Text(f"{line.exhausted:,}", "bold red" if line.exhausted else ""))
+    parts += [Text(""), budgets if report.budgets() else Text("Budgets: none configured (every fund unlimited)")]
+    parts += [Text.assemble(("Note: ", "bold yellow"), note) for note in report.notes]
     dlq = Table(title="Dead letters by service and code (this run)", title_justify="left",
                 box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("service", "code", "dead letters", "injected by the simulator"):
@@ -395,6 +448,11 @@ def _agency_section(report: Report, name: str, colours: dict[str, str]) -> str:
                  if a.reversals else '<p class="empty">none in this run</p>')
     thresholds = "".join(f"<li>{_e(t['fund'])} {t['year']}: {t['threshold']:.0%} of {cny(t['budget_fen'])}</li>"
                          for t in a.thresholds)
+    lines = [line for line in report.budgets() if line.agency == name]
+    exhaustion = (_table(("fund", "budget", "committed", "thresholds reached", "budget_exhausted rejections"),
+                         [(line.fund, line.budget_text(), line.committed_text(), line.reached_text(),
+                           f"{line.exhausted:,}") for line in lines], "budgets")
+                  if lines else '<p class="empty">no budget configured: every fund unlimited</p>')
     dead = ", ".join(f"{c}: {n:,}" for c, n in sorted(a.dead_letters.items())) or "none"
     check = ('<span class="ok">equal to this run</span>' if delta.matches(a)
              else f'<span class="bad">differs: API Δ {delta.grants:,} grants, {cny(delta.granted_fen)}</span>')
@@ -414,6 +472,7 @@ def _agency_section(report: Report, name: str, colours: dict[str, str]) -> str:
   <h3>Money granted by rule and fund</h3>{money}
   <h3>Rejections by reason</h3>{rejections}
   <h3>Budget use (committed before this run in grey)</h3>{budget_chart}
+  <h3>Budget exhaustion</h3>{exhaustion}
   {f"<h3>Budget thresholds reached</h3><ul>{thresholds}</ul>" if thresholds else ""}
   <h3>Reversals</h3>{reversals}
   <p>Dead letters attributed to {_e(name)}: {_e(dead)}.</p>
@@ -443,11 +502,12 @@ def render_html(report: Report) -> str:
                    for s, c in dead_letter_codes(report)])
     status = ('<span class="ok">settled</span>' if not report.problem
               else f'<span class="bad">INCOMPLETE: {_e(report.problem)}</span>')
+    notes = "".join(f'<p class="meta bad">Note: {_e(note)}</p>' for note in report.notes)
     header = (f"{report.persons:,} persons · agencies {_e(', '.join(report.agencies))} · disorder "
               f"{'on' if report.disorder else 'off'} · topic prefix “{_e(report.topic_prefix)}” · started "
               f"{report.started:%Y-%m-%d %H:%M:%S %Z} · {report.duration:.1f} s · {status}")
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=f"Skills subsidy demo, seed {report.seed}", seed=report.seed, header=header,
-        summary=_e(run_line(report)), overview=overview, legend=_legend(colours), by_agency=by_agency,
+        summary=_e(run_line(report)), notes=notes, overview=overview, legend=_legend(colours), by_agency=by_agency,
         throughput=throughput, dead_letters=dead,
         agencies="".join(_agency_section(report, n, colours) for n in report.agencies))

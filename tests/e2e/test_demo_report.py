@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tests.harness import ServiceProcess, Stack
+from tests.harness import ROOT, ServiceProcess, Stack
 from tools.demo import Options, run_demo
 from tools.population import DEFAULT_AGENCIES, YEAR
 from tools.report import Report, cny
@@ -50,6 +50,7 @@ async def demo_run(
             persons=PERSONS, seed=SEED, topic_prefix=stack.prefix, timeout=120,
             urls={name: f"http://127.0.0.1:{s.port}" for name, s in services.items()},
             report=tmp_path_factory.mktemp("demo") / "demo.html",
+            policy_dir=ROOT / "services/subsidy/policies",  # what these services run with
         )
         terminal = io.StringIO()
         report, path = await run_demo(options, Console(file=terminal, width=140))

@@ -1,4 +1,5 @@
-"""End to end: a seeded population through all three services equals the offline oracle exactly.
+"""End to end: a seeded population through all three services equals the offline oracle exactly,
+and its money passes checks computed from the facts without the engine (tools.moneycheck).
 
 Phase 1 streams every training record and waits until the enrollment service has published
 everything and the assessment and subsidy services have consumed it; phase 2 streams every
@@ -12,6 +13,7 @@ E2E_PERSONS (default 10000: about 90 s on a 2-core box), E2E_SEED (default 20260
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,8 +27,9 @@ from shared.contract import topics
 from shared.contract.envelope import headers
 from services.subsidy.policy import load_policy_dir
 from tests.harness import ROOT, SECRET, Collector, Producer, ServiceProcess, Stack, wait_for
+from tools import moneycheck
 from tools.expected import Out, Outcome, expected_outcome, persons_in_several_lanes
-from tools.population import Population, Record
+from tools.population import DEFAULT_AGENCIES, YEAR, Population, Record
 from tools.simulate import simulate
 
 pytestmark = pytest.mark.e2e
@@ -191,6 +194,35 @@ async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> N
                    "level_not_allowed"}
         assert not retired & (set(dead_letter_codes(collector, DLQS[0]))
                               | set(dead_letter_codes(collector, DLQS[1])))
+
+        # The oracle above is the engine (services.subsidy.replay): the money itself is checked
+        # here by other means, from the policy files and the published facts.
+        problems = money_problems(services["subsidy"], enrollment + assessment, subsidy)
+        assert problems == [], f"{len(problems)} money problems, e.g.\n" + "\n".join(problems[:20])
+
+
+def money_problems(subsidy_service: ServiceProcess, facts: list[dict[str, Any]],
+                   subsidy: list[dict[str, Any]]) -> list[str]:
+    """tools.moneycheck over the published events, then its totals against the query API."""
+    policies = moneycheck.Policies.from_dir(ROOT / "services/subsidy/policies")
+    found = moneycheck.check(policies, moneycheck.Facts.of(facts), subsidy)
+    grants = [e for e in subsidy if e["type"].endswith("SubsidyGranted.v1")]
+    assert sum(found.amounts_checked.values()) == len(grants) > 0
+    assert {"per_day", "per_month", "per_person"} <= set(found.amounts_checked), found.amounts_checked
+    assert found.counted_grants > 0 and found.slot_claims > 0
+    problems = list(found.problems)
+    for agency in DEFAULT_AGENCIES:
+        entries: list[dict[str, Any]] = []
+        for page in itertools.count(1):
+            body = subsidy_service.get(f"/agencies/{agency}/ledger?page={page}&page_size=1000")
+            entries += body["entries"]
+            if not body["has_more"]:
+                break
+        problems += moneycheck.compare_ledger(found, agency, entries)
+        for year in (YEAR - 1, YEAR, YEAR + 1):
+            problems += moneycheck.compare_summary(
+                found, agency, subsidy_service.get(f"/agencies/{agency}/summary?year={year}"))
+    return problems
 
 
 def _events(records: list[Record]) -> list[dict[str, Any]]:
