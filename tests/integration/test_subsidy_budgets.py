@@ -11,6 +11,7 @@ is rejected budget_exhausted, and the third grant crosses 80 % (72,000), 90 % (8
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,3 +183,45 @@ async def test_two_replicas_never_commit_above_the_budget_and_report_each_thresh
         summary = first.get("/agencies/suqian/summary?year=2026")
         assert summary["budgets"]["employment_subsidy"] == {
             "budget_fen": BUDGET, "committed_fen": BUDGET, "remaining_fen": 0}
+
+
+async def test_a_batch_whose_fund_year_changed_before_it_locked_it_decides_again(world) -> None:
+    """decide_with_budgets against PostgreSQL: another transaction holds the row and spends
+    from it after this batch's unlocked read; the batch's first decisions (made on 0 committed)
+    are dropped and it decides again on what the row holds once locked (60 + 30 = 90)."""
+    from services.subsidy import budgets
+    from services.subsidy.state import BudgetLedger
+
+    stack, (first, _) = world
+    other, conn = await first.db(), await first.db()
+    key = ("test-agency", "fund-x", 2031)
+    seen: list[int] = []
+
+    def run(ledger: BudgetLedger) -> list[int]:
+        seen.append(ledger.committed_fen(*key))
+        ledger.commit(*key, 30, 100)
+        return list(seen)
+
+    try:
+        await other.execute("INSERT INTO fund_year (agency, fund, year) VALUES ($1, $2, $3)", *key)
+        holder = other.transaction()
+        await holder.start()
+        await other.execute("SELECT * FROM fund_year WHERE agency = $1 FOR UPDATE", key[0])
+        batch = conn.transaction()
+        await batch.start()
+        deciding = asyncio.ensure_future(
+            budgets.decide_with_budgets(conn, frozenset({budgets.key(*key)}), run))
+        await wait_for(lambda: len(seen) == 1, 10, "the first, unlocked decision")
+        await asyncio.sleep(0.3)
+        assert not deciding.done(), "the batch must wait for the row"
+        await other.execute("UPDATE fund_year SET committed_fen = 60 WHERE agency = $1", key[0])
+        await holder.commit()
+        result, ledger, start = await deciding
+        stored = await budgets.store(conn, ledger, start)
+        await batch.commit()
+        final = await other.fetchval("SELECT committed_fen FROM fund_year WHERE agency = $1", key[0])
+    finally:
+        await other.close()
+        await conn.close()
+    assert seen == [0, 60] and result == [0, 60]
+    assert stored.committed_fen(*key) == final == 90
