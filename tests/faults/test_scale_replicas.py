@@ -48,7 +48,7 @@ from shared.contract.envelope import encode_raw, headers
 from shared.contract.identity import check_digit, person_id
 from tests.faults.private import (
     INPUTS, SERVICES, PrivateCollector, PrivateProducer, PrivateStack, World, alive, dead_letters,
-    settled, snapshot,
+    fetch, lag, settled, snapshot,
 )
 from tests.harness import SECRET, ServiceProcess, wait_for
 from tools.population import Population, simulate
@@ -195,6 +195,23 @@ async def group_of(world: World, name: str, n: int) -> bool:
     return len(await members(world, f"{world.prefix}{name}")) == n
 
 
+async def settle(world: World, one: dict[str, ServiceProcess], collector: Any) -> None:
+    """`settled`, saying on a timeout what was left (lag, parked and outbox rows, waiting
+    transactions)."""
+    try:
+        await settled(world, one, collector, WAIT)
+    except AssertionError as exc:
+        state = []
+        for name, service in one.items():
+            state.append((name, await lag(world, f"{world.prefix}{name}", INPUTS[name]),
+                          await fetch(service, "SELECT (SELECT count(*) FROM pending) p, "
+                                      "(SELECT count(*) FROM outbox) o"),
+                          await fetch(service, "SELECT state, wait_event_type, left(query, 120) "
+                                      "FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND state <> 'idle' AND pid <> pg_backend_pid()")))
+        raise AssertionError(f"{exc}: {state}") from None
+
+
 async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
                     timed: list[list[tuple[str, int, bytes, str]]], first: int,
                     then: int) -> tuple[Run, str]:
@@ -232,9 +249,9 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
                 await wait_for(lambda n=name: group_of(world, n, then), WAIT, f"{then} {name} members")
             await producer.lanes(topics.TRAINING_UPSTREAM, pop, pop.training[half:])
             one = {n: rs[0] for n, rs in replicas.items()}
-            await settled(world, one, collector, WAIT)
+            await settle(world, one, collector)
             await producer.lanes(topics.ASSESSMENT_UPSTREAM, pop, pop.assessment)
-            await settled(world, one, collector, WAIT)
+            await settle(world, one, collector)
             alive(everyone())
             # one owner per person: partition p of both subsidy inputs on one member
             for name in ("subsidy", "assessment"):
@@ -243,14 +260,13 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
                     assert member.get(inputs[0], set()) == member.get(inputs[1], set()), (name, member)
             events = {}
             for topic in (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_EVENTS):
-                name = world.topic(topic)
                 found: dict[str, dict[str, Any]] = {}
-                for r in collector.records:
-                    if r.topic == name:
+                for r in collector.records:  # topic names without the world's prefix
+                    if r.topic == topic:
                         event = orjson.loads(r.value)
                         assert found.setdefault(event["id"], event) == event, event["id"]
                 events[topic] = found
-            dead = {s: dead_letters(collector, world.topic(topics.dlq(s))) for s in SERVICES}
+            dead = {s: dead_letters(collector, topics.dlq(s)) for s in SERVICES}
             stored = {s: await snapshot(one[s]) for s in SERVICES}
     finally:
         for replica in everyone():
@@ -262,7 +278,10 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
     for pair in pairs:
         losers = [k for k in (0, 1)
                   if f"{pair.refs[k]}|enrollment-rejected/{SOURCE}/{pair.ids[k]}" in rejected]
-        assert len(losers) == 1, f"{world.prefix}: pair {pair.ids}: {len(losers)} rejected"
+        assert len(losers) == 1, (
+            f"{world.prefix}: pair {pair.ids}: {len(losers)} rejected: "
+            f"{[e for e in events[topics.ENROLLMENT_EVENTS].values() if e['data'].get('enrollment_ref') in pair.refs]}"
+            f" dead letters: {dead['enrollment']}"[:3000])
         pair.won[world.prefix] = 1 - losers[0]
         accepted = [e for e in events[topics.ENROLLMENT_EVENTS].values()
                     if e["type"].endswith("EnrollmentAccepted.v1")
