@@ -297,12 +297,12 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
 def named_alike(text: str, pairs: list[Pair], prefix: str) -> str:
     """Winner and loser of every pair under one name in every world; world prefixes removed."""
     text = text.replace(prefix, "<world>.").replace(prefix.rstrip("."), "<world>")
-    for pair in pairs:
+    for n, pair in enumerate(pairs):  # placeholders that hold no id or ref of any pair
         w = pair.won[prefix]
         for k, role in ((w, "WIN"), (1 - w, "LOSE")):
-            text = text.replace(pair.ids[k], f"<{pair.kind}-{pair.ids[0]}-{role}-id>")
+            text = text.replace(pair.ids[k], f"<pair{n}:{role}:id>")
             if pair.refs[0] != pair.refs[1]:
-                text = text.replace(pair.refs[k], f"<{pair.kind}-{pair.ids[0]}-{role}-ref>")
+                text = text.replace(pair.refs[k], f"<pair{n}:{role}:ref>")
     return text
 
 
