@@ -316,7 +316,15 @@ def canonical(run: Run, pairs: list[Pair], prefix: str) -> dict[str, Any]:
                                        for k, v in letters.items())
     for service, tables in run.stored.items():
         for table, rows in tables.items():
-            out[f"{service}.{table}"] = sorted(named_alike(repr(r), pairs, prefix) for r in rows)
+            named = []
+            for r in rows:
+                text = named_alike(repr(r), pairs, prefix)
+                if table == "inbox" and "<pair" in text:
+                    # the digest hashes the record's own bytes, which hold the pair member's
+                    # real id or ref: the (source, id) names it, renamed
+                    text = named_alike(repr(r[:2]), pairs, prefix)
+                named.append(text)
+            out[f"{service}.{table}"] = sorted(named)
     return out
 
 
