@@ -60,7 +60,7 @@ INPUTS = {
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
     "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
 }
-SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "budget_ledger",
+SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "fund_year",
                          "policy_load"})
 TRACE_FLAGS = "-01"
 

@@ -59,12 +59,6 @@ class Batch:
     async def load(self, items: list[Incoming]) -> None:
         refs = {i.event.data.enrollment_ref for i in items}  # type: ignore[attr-defined]
         enrolled = [i.event.data.enrollment_ref for i in items if i.event.type == ENROLLED]  # type: ignore[attr-defined]
-        for row in await db.fetch_for(
-            self.conn, enrolled,
-            "SELECT seq, ref, topic, partition, \"offset\", key, value FROM pending "
-            "WHERE ref = ANY($1::text[]) ORDER BY seq FOR UPDATE",
-        ):
-            self.waiting.setdefault(row["ref"], []).append(row)
         persons = set()
         for item in items:
             if item.event.type == ENROLLED:
@@ -73,9 +67,21 @@ class Batch:
                 except ValueError:
                     continue
                 persons.add(pid)
+        # Upstream producers are not ours: one enrollment_ref can arrive on two partitions, one
+        # person's enrollments under several refs on several, each held by another replica.
+        # Locking every ref and person of the batch (rows or not yet) before reading makes the
+        # duplicate rules see every earlier acceptance, whatever partition it came in on, and
+        # keeps a record from being parked just after its enrollment was stored elsewhere.
+        await db.lock_keys(self.conn, [f"ref:{r}" for r in refs] + [f"person:{p}" for p in persons])
+        for row in await db.fetch_for(
+            self.conn, enrolled,
+            "SELECT seq, ref, topic, partition, \"offset\", key, value FROM pending "
+            "WHERE ref = ANY($1::text[]) ORDER BY seq FOR UPDATE",
+        ):
+            self.waiting.setdefault(row["ref"], []).append(row)
         rows = await self.conn.fetch(
             "SELECT * FROM enrollment WHERE enrollment_ref = ANY($1::text[]) "
-            "OR person_id = ANY($2::text[]) FOR UPDATE",
+            "OR person_id = ANY($2::text[]) ORDER BY enrollment_ref FOR UPDATE",
             list(refs), list(persons),
         )
         for row in rows:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
+from services.subsidy import budgets
 from services.subsidy.policy import PolicySet
 from services.subsidy.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
 
@@ -103,9 +104,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
                 entry = reversed_.setdefault(r["reason"], {"count": 0, "amount_fen": 0})
                 entry["count"] += r["n"]
                 entry["amount_fen"] -= r["fen"]
-        ledger = BudgetLedger.from_json(
-            orjson.loads(await pool.fetchval("SELECT state FROM budget_ledger WHERE id = 1"))
-        )
+        ledger = await budgets.read_all(pool)
         return JSONResponse({
             "agency": agency, "year": year, **totals,
             "net_fen": totals["granted_fen"] - totals["reversed_fen"],

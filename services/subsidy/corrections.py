@@ -29,7 +29,9 @@ import asyncpg
 import orjson
 
 from shared.contract import topics
+from shared.runtime import db
 from shared.runtime.outbox import Outbox
+from . import budgets
 from .cases import ANNUAL_LIMIT
 from .config import SubsidySettings
 from .outputs import SUBSIDY, ReversalReason, digest
@@ -295,10 +297,16 @@ async def _chunk(conn: asyncpg.Connection, persons: list[str], scenario: PolicyS
     # Persons then the ledger, both locked in the live handler's order, so the two never
     # deadlock and never overwrite each other's state.
     lock = " FOR UPDATE" if totals.applied else ""
+    if totals.applied:
+        await db.lock_keys(conn, [f"person:{p}" for p in persons])
     rows = await conn.fetch("SELECT person_id, state FROM person_state "
                             "WHERE person_id = ANY($1::text[]) ORDER BY person_id" + lock, persons)
-    ledger = BudgetLedger.from_json(orjson.loads(
-        await conn.fetchval("SELECT state FROM budget_ledger WHERE id = 1" + lock)))
+    # The fund years with a budget are held (in key order, as the handler holds them); the
+    # others only accumulate and are added to at the end.
+    held = await budgets.lock(conn, budgets.budgeted(scenario)) if totals.applied else {}
+    ledger = await budgets.read_all(conn)
+    ledger.funds.update(held)
+    start = dict(ledger.funds)
     scratch = copy.deepcopy(ledger)
     changed: dict[str, PersonState] = {}
     planned: list[Correction] = []
@@ -318,12 +326,14 @@ async def _chunk(conn: asyncpg.Connection, persons: list[str], scenario: PolicyS
     if not totals.applied or not planned:
         return
     await _record(conn, planned, changed, ledger, scenario, version, scope, topic_prefix, on)
+    await budgets.store(conn, ledger, start)
 
 
 async def _record(conn: asyncpg.Connection, planned: list[Correction],
                   changed: dict[str, PersonState], ledger: BudgetLedger, scenario: PolicySet,
                   version: Policy, scope: Scope, topic_prefix: str, on: datetime) -> None:
-    """States, ledger, decision rows, correction records and outbox rows: one transaction."""
+    """States, ledger, decision rows, correction records and outbox rows: one transaction (the
+    caller stores the ledger's fund years)."""
     fresh = {r["event_id"] for r in await conn.fetch(
         "INSERT INTO policy_correction (event_id, event_type, person_id, agency, rule, "
         "grant_id, amount_fen, policy_version, policy_hash, period_from, period_to) "
@@ -372,8 +382,6 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
     await conn.copy_records_to_table("decision", records=rows, columns=(
         "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason",
         "amount_fen", "fund", "payee_kind", "grant_id", "decided_on", "payload"))
-    await conn.execute("UPDATE budget_ledger SET state = $1::jsonb WHERE id = 1",
-                       orjson.dumps(ledger.to_json()).decode())
     await out.flush(conn)
 
 

@@ -1,8 +1,9 @@
 """Batch handler of the subsidy service: load the batch's persons, decide with the engine, record.
 
-Per Kafka batch, in one transaction: lock and load the state of every person in the batch and
-the budget ledger, apply each fact in order through the pure engine (services.subsidy.domain),
-then write the states, the decision ledger and the outgoing events with bulk statements. The
+Per Kafka batch, in one transaction: lock and load the state of every person in the batch, apply
+each fact in order through the pure engine (services.subsidy.domain) with the fund years it
+reads locked (services.subsidy.budgets), then write the states, the decision ledger, the fund
+years and the outgoing events with bulk statements. The
 engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
 """
 
@@ -17,12 +18,13 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
+from shared.runtime import db
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
-from services.subsidy import metrics
+from services.subsidy import budgets, metrics
 from services.subsidy.config import SubsidySettings
 from services.subsidy.domain import decide
-from services.subsidy.facts import FactError, fact_from_event
+from services.subsidy.facts import Fact, FactError, fact_from_event
 from services.subsidy.outputs import Output, SubsidyGranted, SubsidyRejected, SubsidyReversed
 from services.subsidy.policy import PolicySet
 from services.subsidy.state import BudgetLedger, PersonState, pending_items
@@ -67,55 +69,67 @@ def count(output: Output) -> None:
         metrics.REVERSED_FEN.labels(output.agency, output.reason.value).inc(output.amount_fen)
 
 
-async def load_states(conn: asyncpg.Connection, persons: list[str]) -> dict[str, PersonState]:
+async def load_states(conn: asyncpg.Connection, persons: list[str]) -> dict[str, str]:
+    """The stored states of these persons (JSON text), every one of them locked first.
+
+    ``FOR UPDATE`` locks only rows that exist: two replicas that both hold a person with no
+    row yet (during a rebalance, the old owner's last batch and the new owner's first) would
+    both read "no state" and the second commit would erase the first. Advisory locks on the
+    persons, taken in one sorted statement before reading, cover persons without a row too.
+    """
+    await db.lock_keys(conn, [f"person:{p}" for p in persons])
     rows = await conn.fetch(
         "SELECT person_id, state FROM person_state WHERE person_id = ANY($1::text[]) "
         "ORDER BY person_id FOR UPDATE",
         persons,
     )
-    return {r["person_id"]: PersonState.from_json_text(r["state"]) for r in rows}
-
-
-async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:
-    # One row, locked for the batch: budgets are the only state shared across persons, so
-    # replicas serialise here and nowhere else.
-    raw = await conn.fetchval("SELECT state FROM budget_ledger WHERE id = 1 FOR UPDATE")
-    return BudgetLedger.from_json(orjson.loads(raw))
+    return {r["person_id"]: r["state"] for r in rows}
 
 
 def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
+    budgeted = budgets.budgeted(policies)
+
     async def handle_batch(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
         persons = sorted({p for i in items if (p := getattr(i.event.data, "person_id", None))})
-        states = await load_states(conn, persons)
-        ledger = await load_ledger(conn)
-        ledger_before = ledger.to_json()
-        touched: dict[str, PersonState] = {}
-        rows: list[tuple] = []
-        funds: dict[str, tuple[str, str]] = {}
+        stored = await load_states(conn, persons)
+        facts: list[tuple[Incoming, Fact | None]] = []
         for item in items:
             event = item.event
             try:
-                fact = fact_from_event(event.type, ev.dump(event.data), event.agencyid,
-                                       event.time.isoformat())
+                facts.append((item, fact_from_event(event.type, ev.dump(event.data),
+                                                    event.agencyid, event.time.isoformat())))
             except FactError as exc:
                 out.dead_letter(item.record, "schema_violation", str(exc))
-                continue
-            if fact is None:
-                continue
-            state = states.get(fact.person_id) or PersonState.empty(fact.person_id)
-            state, outputs = decide(policies, state, fact, ledger)
-            states[fact.person_id] = touched[fact.person_id] = state
-            for output in outputs:
-                data = output.to_payload()
-                out.publish_json(
-                    topics.SUBSIDY_EVENTS, output.event_type, data,
-                    id=output.event_id, subject=output.key, agencyid=output.agency,
-                    time=event.time, traceparent=event.traceparent,
-                )
-                row = decision_row(output, event.time.date(), funds, data)
-                if row is not None:
-                    rows.append(row)
-                count(output)
+
+        def run(ledger: BudgetLedger) -> tuple[dict[str, PersonState], list[tuple[Incoming, Output]]]:
+            """The batch's decisions: pure, so they can be taken again against locked budgets."""
+            states = {p: PersonState.from_json_text(text) for p, text in stored.items()}
+            touched: dict[str, PersonState] = {}
+            decided: list[tuple[Incoming, Output]] = []
+            for item, fact in facts:
+                if fact is None:
+                    continue
+                state = states.get(fact.person_id) or PersonState.empty(fact.person_id)
+                state, outputs = decide(policies, state, fact, ledger)
+                states[fact.person_id] = touched[fact.person_id] = state
+                decided += [(item, output) for output in outputs]
+            return touched, decided
+
+        (touched, decided), ledger, start = await budgets.decide_with_budgets(conn, budgeted, run)
+        rows: list[tuple] = []
+        funds: dict[str, tuple[str, str]] = {}
+        for item, output in decided:
+            event = item.event
+            data = output.to_payload()
+            out.publish_json(
+                topics.SUBSIDY_EVENTS, output.event_type, data,
+                id=output.event_id, subject=output.key, agencyid=output.agency,
+                time=event.time, traceparent=event.traceparent,
+            )
+            row = decision_row(output, event.time.date(), funds, data)
+            if row is not None:
+                rows.append(row)
+            count(output)
         await _resolve_reversed_funds(conn, rows, funds)
         if touched:
             await conn.execute(
@@ -128,13 +142,9 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
-        ledger_after = ledger.to_json()
-        if ledger_after != ledger_before:
-            await conn.execute(
-                "UPDATE budget_ledger SET state = $1::jsonb WHERE id = 1",
-                orjson.dumps(ledger_after).decode(),
-            )
-            publish_budget_gauges(ledger, policies)
+        changed = await budgets.store(conn, ledger, start)
+        if changed.funds:
+            publish_budget_gauges(changed, policies)
 
     return handle_batch
 

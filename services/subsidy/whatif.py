@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from . import budgets
 from .config import SubsidySettings
 from .policy import Policy, PolicyError, PolicySet, load_policy_dir, load_policy_file
 from .replay import ChangeKind, GrantChange, compare, replay_person, unlogged
@@ -242,8 +243,7 @@ async def states_of(conn: asyncpg.Connection, agency: str,
 
 
 async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:
-    raw = await conn.fetchval("SELECT state FROM budget_ledger WHERE id = 1")
-    return BudgetLedger.from_json(orjson.loads(raw)) if raw is not None else BudgetLedger()
+    return await budgets.read_all(conn)
 
 
 async def run(database_url: str, live: PolicySet, draft: Policy, scope: Scope, *,

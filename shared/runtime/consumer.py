@@ -137,8 +137,11 @@ class TimeOrder:
 
     async def add(self, batch: dict[TopicPartition, list[Any]]) -> None:
         assigned = self.consumer.assignment()
-        for tp in [t for t in self.buffers if t not in assigned]:
-            del self.buffers[tp]  # revoked: the new owner reads them again
+        for tp in [t for t in {*self.buffers, *self.fetched} if t not in assigned]:
+            # revoked: the new owner reads them again. Forget how far it was read too, buffered
+            # or not: a stale mark on a partition assigned back later (after another member
+            # moved its offset) would make it look unread to its end and hold every release.
+            self.buffers.pop(tp, None)
             self.fetched.pop(tp, None)
         for tp in assigned:
             if tp not in self.fetched:

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.contract import topics
 from shared.runtime import auth, db, logs, metrics
+from shared.runtime.assignor import CoPartitionedAssignor
 from shared.runtime.consumer import BatchConsumer, Handler
 from shared.runtime.outbox import Outbox, Relay
 from shared.runtime.settings import ServiceSettings
@@ -337,6 +338,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         auto_offset_reset=settings.auto_offset_reset,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
+        # Partition p of every input topic on one member: one owner per person (assignor.py).
+        partition_assignment_strategy=(CoPartitionedAssignor,),
         **kafka,
     )
     await producer.start()
