@@ -29,6 +29,12 @@ from shared.runtime.outbox import Outbox, RawRecord, Relay
 
 log = logging.getLogger(__name__)
 
+# The highest outbox sequence value handed out so far and the oldest row not yet published.
+PUBLISHED_SQL = (
+    "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox', 'seq')::regclass),"
+    " (SELECT min(seq) FROM outbox)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
@@ -237,6 +243,10 @@ class BatchConsumer:
         self.commit_interval = commit_interval
         self.uncommitted: dict[TopicPartition, int] = {}
         self.committed_at = 0.0
+        # Processed offsets waiting for the relay, each with the outbox sequence value their
+        # batches' rows are at or below: a group's committed offset means "processed and
+        # published", which other services' pending watermarks rely on (shared/runtime/pending.py).
+        self.unpublished: deque[tuple[int, dict[TopicPartition, int]]] = deque()
         # Several input topics: release records in broker time order (see TimeOrder).
         self.order = TimeOrder(consumer) if len(consumer.subscription()) > 1 else None
 
@@ -348,13 +358,27 @@ class BatchConsumer:
         return time.monotonic() - self.progressed_at
 
     async def commit_offsets(self) -> None:
-        """Commit the processed offsets to Kafka (those of partitions still assigned)."""
-        if not self.uncommitted:
-            return
-        assigned = self.consumer.assignment()
-        offsets = {tp: o for tp, o in self.uncommitted.items() if tp in assigned}
-        self.uncommitted = {}
+        """Commit to Kafka the processed offsets whose batches' outbox rows the relay has
+        published (deleted), of partitions still assigned."""
+        if not self.uncommitted and (
+            not self.unpublished or time.monotonic() - self.committed_at < self.commit_interval
+        ):
+            return  # nothing new: look at the relay's progress at most every commit_interval
         self.committed_at = time.monotonic()
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                issued, oldest = await conn.fetchrow(PUBLISHED_SQL)
+        except (*db.DATABASE_ERRORS, TimeoutError) as exc:
+            log.warning("outbox progress unknown, offsets not committed", extra={"error": repr(exc)})
+            return
+        if self.uncommitted:
+            self.unpublished.append((issued or 0, self.uncommitted))
+            self.uncommitted = {}
+        ready: dict[TopicPartition, int] = {}
+        while self.unpublished and (oldest is None or self.unpublished[0][0] < oldest):
+            ready.update(self.unpublished.popleft()[1])
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in ready.items() if tp in assigned}
         if not offsets:
             return
         try:

@@ -41,6 +41,11 @@ OUTBOX_AGE = Gauge("skills_outbox_oldest_age_seconds", "Age of the oldest unpubl
 LAG = Gauge("skills_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
 READY = Gauge("skills_ready", "1 when the service reports ready on /readyz")
 PENDING = Gauge("skills_pending_records", "Records parked waiting for what they refer to")
+PENDING_WATERMARK = Gauge(
+    "skills_pending_watermark_timestamp_seconds",
+    "Unix time before which every record of the chain that brings parked records' references "
+    "is processed by every service of the chain (0 until first known)",
+)
 
 _identity: dict[str, str] = {}
 

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.contract import topics
-from shared.runtime import auth, db, logs, metrics
+from shared.runtime import auth, db, logs, metrics, pending
 from shared.runtime.assignor import CoPartitionedAssignor
 from shared.runtime.consumer import BatchConsumer, Handler
 from shared.runtime.outbox import Outbox, Relay
@@ -42,9 +42,12 @@ from shared.runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+WATERMARK_TIMEOUT = 10.0  # seconds one advance of the pending watermark may take
+
 # Periodic work given the cutoff before which parked records may be dead-lettered: the
-# waiting period counts only while the service keeps up, so a backlog never expires records
-# whose reference is still queued behind it.
+# waiting period counts only from the pending watermark on (shared/runtime/pending.py), the time
+# up to which every service that would bring a parked record's reference has caught up, so a
+# backlog here or upstream never expires records whose reference is still queued behind it.
 Sweep = Callable[[asyncpg.Pool, ServiceSettings, dt.datetime], Awaitable[None]]
 OnStart = Callable[[asyncpg.Pool, ServiceSettings], Awaitable[None]]
 
@@ -244,11 +247,15 @@ async def _kafka_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
 
 
 async def _sweeper(
-    sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, batches: BatchConsumer,
-    relay: Relay, stopping: asyncio.Event,
+    sweep: Sweep, pool: asyncpg.Pool, settings: ServiceSettings, relay: Relay,
+    watermark: pending.Watermark, stopping: asyncio.Event,
 ) -> None:
     while not stopping.is_set():
-        cutoff = min(time.time(), batches.caught_up_at) - settings.pending_wait_seconds
+        try:
+            await asyncio.wait_for(watermark.advance(), WATERMARK_TIMEOUT)
+        except Exception as exc:  # the cluster cannot be read: the watermark stays where it was
+            log.warning("pending watermark not advanced", extra={"error": repr(exc)})
+        cutoff = pending.expiry_cutoff(time.time(), watermark.at, settings.pending_wait_seconds)
         try:
             await sweep(pool, settings, dt.datetime.fromtimestamp(max(cutoff, 0), dt.UTC))
             relay.wake.set()
@@ -377,6 +384,19 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
+    # What the sweeps' cutoff waits for: the groups named by PENDING_UPSTREAM, then this one.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka)
+    offsets_reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **kafka
+    )
+    await admin.start()
+    await offsets_reader.start()
+    watermark = pending.Watermark(
+        pending.stages(settings.group_id, [settings.topic(t) for t in definition.topics],
+                       settings.pending_upstream, settings.topic_prefix),
+        pending.KafkaOffsets(admin, offsets_reader),
+    )
+
     tasks = [
         asyncio.create_task(batches.run(stopping), name="consumer"),
         asyncio.create_task(relay.run(stopping), name="relay"),
@@ -384,7 +404,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         asyncio.create_task(_kafka_probe(runtime, stopping), name="kafka-probe"),
         asyncio.create_task(server.serve(), name="http"),
         *(
-            asyncio.create_task(_sweeper(s, pool, settings, batches, relay, stopping), name="sweep")
+            asyncio.create_task(_sweeper(s, pool, settings, relay, watermark, stopping),
+                                name="sweep")
             for s in definition.sweeps
         ),
     ]
@@ -401,6 +422,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     await asyncio.gather(*tasks, return_exceptions=True)
     await consumer.stop()
     await relay.producer.stop()
+    await offsets_reader.stop()
+    await admin.close()
     await pool.close()
     log.info("service stopped")
     if failed:

@@ -100,7 +100,16 @@ class ServiceSettings(BaseSettings):
     pending_wait_seconds: float = Field(
         3600.0,
         description="how long a record referring to something not yet seen waits before it "
-        "is dead-lettered as unknown_reference",
+        "is dead-lettered as unknown_reference, counted from the pending watermark: only once "
+        "every group of pending_upstream and this service's own group have processed "
+        "everything appended to their input topics up to the record's parking plus this period",
+    )
+    pending_upstream: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="the consumer groups (farthest upstream first) that produce what this "
+        "service's parked records wait for, each with the topics it consumes, as JSON "
+        "{\"group\": [\"topic\", ...]}; names without TOPIC_PREFIX, which is prepended. This "
+        "service's own group and input topics always come last",
     )
     sweep_interval_seconds: float = 5.0
     consumer_stall_seconds: float = Field(
