@@ -256,9 +256,13 @@ def batch_counters(text: str) -> dict[str, float]:
 
 
 def read_batch_counters(world: World) -> dict[str, dict[str, float]]:
-    """Each service's batch counters, summed over its replicas."""
+    """Each service's batch counters, summed over its replicas, and each replica's own (under
+    "<service>#<n>", n from 1 in start order) when a service runs several."""
     found = {name: batch_counters("") for name in world.services}
+    seen: Counter[str] = Counter()
+    several = Counter(s.name for s in world.processes())
     for service in world.processes():
+        seen[service.name] += 1
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/metrics", timeout=5) as r:
                 counters = batch_counters(r.read().decode())
@@ -266,13 +270,20 @@ def read_batch_counters(world: World) -> dict[str, dict[str, float]]:
             continue
         for k, v in counters.items():
             found[service.name][k] += v
+        if several[service.name] > 1:
+            found[f"{service.name}#{seen[service.name]}"] = counters
     return found
 
 
-def batch_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
-                  ) -> dict[str, dict[str, float]]:
-    """Per service over an interval: batches, mean records per batch, mean ms per batch and the
-    seconds spent in batches (from fetch to database commit)."""
+def batch_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                  seconds_elapsed: float = 0.0) -> dict[str, dict[str, float]]:
+    """Per service (and per replica) over an interval: batches, mean records per batch, mean ms
+    per batch and the seconds spent in batches (from fetch to database commit).
+
+    For a service with several replicas, ``parallelism`` is the replicas' busy seconds summed
+    over the interval's wall-clock seconds: above 1.0, two replicas were inside a batch at the
+    same moment for at least (parallelism - 1) x the interval (they cannot all have taken turns).
+    """
     out = {}
     for name, b in after.items():
         a = before.get(name, {})
@@ -282,6 +293,11 @@ def batch_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str
         out[name] = {"batches": int(n), "mean_records": round(records / n, 1) if n else 0.0,
                      "mean_ms": round(1000 * seconds / n, 1) if n else 0.0,
                      "busy_seconds": round(seconds, 2)}
+    for name in [n for n in out if "#" not in n]:
+        replicas = [v for k, v in out.items() if k.startswith(name + "#")]
+        if replicas and seconds_elapsed > 0:
+            out[name]["parallelism"] = round(
+                sum(r["busy_seconds"] for r in replicas) / seconds_elapsed, 2)
     return out
 
 
@@ -752,7 +768,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         batches_before = read_batch_counters(world)
         first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
         cpu_used = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
-        batches = batch_summary(batches_before, read_batch_counters(world))
+        batches = batch_summary(batches_before, read_batch_counters(world), time.time() - cpu_at)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
         await asyncio.sleep(1.0)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
@@ -901,6 +917,12 @@ def table(result: dict[str, Any]) -> str:
         if b:
             lines.append(f"{'    batches, mean records / mean ms, busy s':44} "
                          f"{b['batches']}, {b['mean_records']} / {b['mean_ms']}, {b['busy_seconds']}")
+        for name, r in sorted(t.get("batches", {}).items()):
+            if name.startswith(s + "#"):
+                lines.append(f"{'      replica ' + name + ': batches, busy s':44} "
+                             f"{r['batches']}, {r['busy_seconds']}")
+        if b and "parallelism" in b:
+            lines.append(f"{'      replicas busy at once (busy s / wall s)':44} {b['parallelism']:>14}")
     lines += [
         f"{'latency at ' + format(lat['rate'], 'g') + ' events/s p50 (ms)':44} {lat['p50_ms']:>14}",
         f"{'  p95 (ms)':44} {lat['p95_ms']:>14}",

@@ -144,3 +144,17 @@ def test_batch_figures_come_from_the_metrics_text_and_are_summarised_per_interva
     before = {"batches": 2.0, "records": 100.0, "seconds": 0.1}
     assert batch_summary({"s": before}, {"s": after}) == {
         "s": {"batches": 8, "mean_records": 50.0, "mean_ms": 50.0, "busy_seconds": 0.4}}
+
+
+def test_replicas_busy_at_once_is_their_busy_seconds_over_the_wall_clock() -> None:
+    """Two replicas busy 6 s and 5 s in a 10 s interval: 11 s of batches in 10 s cannot have
+    taken turns, so they overlapped (parallelism 1.1); one replica alone shows no figure."""
+    zero = {"batches": 0.0, "records": 0.0, "seconds": 0.0}
+    after = {"subsidy": {"batches": 20.0, "records": 2000.0, "seconds": 11.0},
+             "subsidy#1": {"batches": 12.0, "records": 1200.0, "seconds": 6.0},
+             "subsidy#2": {"batches": 8.0, "records": 800.0, "seconds": 5.0},
+             "enrollment": {"batches": 4.0, "records": 400.0, "seconds": 2.0}}
+    summary = batch_summary(dict.fromkeys(after, zero), after, 10.0)
+    assert summary["subsidy"]["parallelism"] == 1.1
+    assert summary["subsidy#2"]["busy_seconds"] == 5.0
+    assert "parallelism" not in summary["enrollment"]
