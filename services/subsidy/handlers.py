@@ -4,6 +4,7 @@ Per Kafka batch, in one transaction: lock and load the state of every person in 
 the budget ledger, apply each fact in order through the pure engine (services.subsidy.domain),
 then write the states, the decision ledger and the outgoing events with bulk statements. The
 engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
+Reviews of held grants (skills.subsidy.reviews) are facts like the others (POLICY §6).
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
-from services.subsidy import metrics
+from services.subsidy import holds, metrics
 from services.subsidy.config import SubsidySettings
 from services.subsidy.domain import decide
-from services.subsidy.facts import FactError, fact_from_event
-from services.subsidy.outputs import Output, SubsidyGranted, SubsidyRejected, SubsidyReversed
+from services.subsidy.facts import FactError, HoldReviewed, fact_from_event
+from services.subsidy.outputs import (
+    Output,
+    SubsidyGranted,
+    SubsidyHeld,
+    SubsidyRejected,
+    SubsidyReversed,
+)
 from services.subsidy.policy import PolicySet
 from services.subsidy.state import BudgetLedger, PersonState, pending_items
 
@@ -45,6 +52,13 @@ def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str
         return (output.event_id, "granted", output.person_id, output.agency, output.rule,
                 output.stage.value, None, output.amount_fen, output.fund, output.payee_kind,
                 output.grant_id, decided_on, payload)
+    if isinstance(output, SubsidyHeld):
+        # Nothing is paid on a hold: the ledger row carries no money (the payload has it).
+        grant = output.grant
+        funds[grant.grant_id] = (grant.fund, grant.payee_kind)
+        return (output.event_id, "held", grant.person_id, grant.agency, grant.rule,
+                grant.stage.value, None, 0, grant.fund, grant.payee_kind, grant.grant_id,
+                decided_on, payload)
     if isinstance(output, SubsidyRejected):
         return (output.event_id, "rejected", output.person_id, output.agency, output.rule, None,
                 output.reason.value, 0, None, None, None, decided_on, payload)
@@ -60,6 +74,8 @@ def count(output: Output) -> None:
     if isinstance(output, SubsidyGranted):
         metrics.GRANTS.labels(output.agency, output.rule, output.fund).inc()
         metrics.GRANTED_FEN.labels(output.agency, output.rule, output.fund).inc(output.amount_fen)
+    elif isinstance(output, SubsidyHeld):
+        metrics.HOLDS.labels(output.agency, output.grant.rule, output.grant.fund).inc()
     elif isinstance(output, SubsidyRejected):
         metrics.REJECTIONS.labels(output.agency, output.reason.value).inc()
     elif isinstance(output, SubsidyReversed):
@@ -92,8 +108,16 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         touched: dict[str, PersonState] = {}
         rows: list[tuple] = []
         funds: dict[str, tuple[str, str]] = {}
+        hold_outputs: list[Output] = []
+        released: list[str] = []
         for item in items:
             event = item.event
+            if event.type == holds.REVIEWED and event.source != holds.REVIEW_SOURCE:
+                # Only the service's own review API decides holds (EVENTS.md §5.4).
+                out.dead_letter(item.record, "untrusted_review",
+                                f"HoldReviewed from {event.source[:100]}, not {holds.REVIEW_SOURCE}",
+                                event.key)
+                continue
             try:
                 fact = fact_from_event(event.type, ev.dump(event.data), event.agencyid,
                                        event.time.isoformat())
@@ -105,6 +129,9 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             state = states.get(fact.person_id) or PersonState.empty(fact.person_id)
             state, outputs = decide(policies, state, fact, ledger)
             states[fact.person_id] = touched[fact.person_id] = state
+            if isinstance(fact, HoldReviewed):
+                released += [o.grant_id for o in outputs if isinstance(o, SubsidyGranted)]
+            hold_outputs += outputs
             for output in outputs:
                 data = output.to_payload()
                 out.publish_json(
@@ -128,6 +155,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
+        await holds.record(conn, hold_outputs, released)
         ledger_after = ledger.to_json()
         if ledger_after != ledger_before:
             await conn.execute(
