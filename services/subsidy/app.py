@@ -11,7 +11,7 @@ import asyncpg
 from shared.contract import topics
 from shared.runtime.consumer import Handler
 from shared.runtime.service import ServiceDefinition
-from services.subsidy import api, handlers, metrics, reviews
+from services.subsidy import api, console, handlers, metrics, reviews
 from services.subsidy.config import SubsidySettings
 from services.subsidy.policy import PolicySet, load_policy_dir
 
@@ -51,6 +51,7 @@ DEFINITION = ServiceDefinition(
     routes=lambda pool, settings: (
         api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]
         + reviews.routes(pool, settings)
+        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[arg-type]
     ),
     sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),  # type: ignore[arg-type]
     on_start=record_policy_loads,  # type: ignore[arg-type]

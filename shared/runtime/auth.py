@@ -38,8 +38,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Operators' endpoints (reached from the operators' network, carrying no personal data) and
 # public certificate verification, which anyone holding a certificate id may use.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-PUBLIC_PREFIXES = ("/certificates/",)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console"})
+# The subsidy service's review console signs in with a token and authenticates its pages by its
+# own session cookie (services/subsidy/console.py), not by a bearer header.
+PUBLIC_PREFIXES = ("/certificates/", "/console/")
 
 
 class TokenConfigError(ValueError):
