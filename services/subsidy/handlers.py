@@ -110,6 +110,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         funds: dict[str, tuple[str, str]] = {}
         hold_outputs: list[Output] = []
         released: list[str] = []
+        reviews: list[HoldReviewed] = []
         for item in items:
             event = item.event
             if event.type == holds.REVIEWED and event.source != holds.REVIEW_SOURCE:
@@ -130,6 +131,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             state, outputs = decide(policies, state, fact, ledger)
             states[fact.person_id] = touched[fact.person_id] = state
             if isinstance(fact, HoldReviewed):
+                reviews.append(fact)
                 released += [o.grant_id for o in outputs if isinstance(o, SubsidyGranted)]
             hold_outputs += outputs
             for output in outputs:
@@ -155,7 +157,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
-        await holds.record(conn, hold_outputs, released)
+        await holds.record(conn, hold_outputs, released, reviews)
         ledger_after = ledger.to_json()
         if ledger_after != ledger_before:
             await conn.execute(

@@ -22,6 +22,7 @@ import orjson
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime.outbox import Outbox
+from services.subsidy.facts import HoldReviewed
 from services.subsidy.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
 from services.subsidy.state import PersonState
 
@@ -29,9 +30,23 @@ REVIEW_SOURCE = "/services/subsidy/reviews"
 REVIEWED = "skills.subsidy.HoldReviewed.v1"
 
 
-async def record(conn: asyncpg.Connection, outputs: list[Output], released: list[str]) -> None:
+async def record(conn: asyncpg.Connection, outputs: list[Output], released: list[str],
+                 reviews: list[HoldReviewed]) -> None:
     """Mirror the batch's holds and their ends into ``hold`` (``released``: the grant ids a
-    HoldReviewed in this batch published as SubsidyGranted)."""
+    HoldReviewed in this batch published as SubsidyGranted), and the batch's reviews into
+    ``hold_review``, where the API stored them already, so that a rebuilt database lists them
+    too (they are on skills.subsidy.reviews)."""
+    if reviews:
+        await conn.execute(
+            "INSERT INTO hold_review (grant_id, review_id, person_id, agency, decision, reviewer,"
+            " note, reviewed_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+            " $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])"
+            " ON CONFLICT DO NOTHING",
+            [r.grant_id for r in reviews], [r.review_id for r in reviews],
+            [r.person_id for r in reviews], [r.agency for r in reviews],
+            [r.decision for r in reviews], [r.reviewer for r in reviews],
+            [r.note for r in reviews], [dt.datetime.fromisoformat(r.reviewed_at) for r in reviews],
+        )
     held = [o for o in outputs if isinstance(o, SubsidyHeld)]
     if held:
         await conn.execute(
