@@ -305,3 +305,49 @@ async def test_a_review_not_from_the_review_api_is_dead_lettered(services, produ
     await wait_for(lambda: collector.dead_letter_codes(topics.dlq("subsidy")).get(event_id), 30,
                    "the forged review dead-lettered")
     assert collector.dead_letter_codes(topics.dlq("subsidy"))[event_id] == ["untrusted_review"]
+
+
+async def test_a_release_survives_a_kill_right_after_the_review_was_accepted(
+    services, producer, collector
+) -> None:
+    """SIGKILL as soon as the API answered 202: the review and its outbox row are committed, the
+    decision is not taken yet (or taken and not acknowledged); after the restart the held grant
+    is published once."""
+    subsidy = services["subsidy"]
+    pid, ref = b.pid(b.national_id()), b.ref()
+    course = b.enrolled(ref, "x")["course"]
+    facts = [
+        ("EnrollmentAccepted.v1", {
+            "enrollment_ref": ref, "person_id": pid, "institution_id": "INST-T",
+            "categories": ["low_income"], "rural": True, "hukou_agency": "suqian",
+            "insured_months": 0, "hired_on": None, "employer": None, "course": course,
+            "fee": {"amount_fen": 50000, "payer": "person"}, "accepted_on": "2026-03-01"}),
+        ("EnrollmentFlagged.v1", {
+            "enrollment_ref": ref, "person_id": pid, "check": "far_outside_plan",
+            "detail": "attendance on 2026-05-01 is 42 days after the planned end (more than 30)",
+            "flagged_on": "2026-05-01"}),
+        ("TrainingCompleted.v1", {
+            "enrollment_ref": ref, "person_id": pid, "course": course, "hours_attended": 56,
+            "days_attended": 7, "attendance_rate": 0.7, "completed_on": "2026-05-01"}),
+    ]
+    for type, data in facts:
+        await producer.event(ENR, "skills.enrollment." + type, data, subject=pid, agency="suqian",
+                             source="/services/enrollment")
+    [held] = await collector.wait_events(OUT, "SubsidyHeld.v1", where=of(pid))
+    assert (held["data"]["rule"], held["data"]["amount_fen"]) == ("SQ-LIVING", 21000)  # 30 x 7
+    status, _ = call(subsidy, "POST", f"/holds/{held['data']['grant_id']}/review",
+                     "suqian-reviewer", {"decision": "release", "note": "course slipped"})
+    assert status == 202
+    subsidy.kill()
+    subsidy.start()
+    await subsidy.wait_ready()
+    await collector.wait_events(OUT, "SubsidyGranted.v1", where=of(pid))
+    conn = await subsidy.db()
+    try:
+        await wait_for(lambda: conn.fetchval("SELECT count(*) = 0 FROM outbox"), 30, "the outbox drained")
+        assert await conn.fetchval("SELECT status FROM hold WHERE grant_id = $1",
+                                   held["data"]["grant_id"]) == "released"
+    finally:
+        await conn.close()
+    granted = distinct(collector.events(OUT, "SubsidyGranted.v1", of(pid)))
+    assert [(g["id"], g["data"]["amount_fen"]) for g in granted] == [(held["data"]["grant_id"], 21000)]
