@@ -154,7 +154,7 @@ def business_row(layout: Layout) -> None:
         thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 3 * 86400},
                     {"color": "red", "value": 7 * 86400}])
     layout.panel("Money held for review (yuan)", [
-        ("max by (agency, fund) (subsidy_held_fen) / 100", "{{agency}} {{fund}}"),
+        ("max by (agency) (subsidy_held_fen) / 100", "{{agency}}"),
     ], unit="currencyCNY", width=8, description="committed against the budget, not paid")
     layout.panel("Pending items by kind", [
         ("sum by (kind) (subsidy_pending_items)", "{{kind}}"),

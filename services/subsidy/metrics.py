@@ -81,12 +81,12 @@ HOLD_OLDEST_AGE = Gauge(
 )
 HELD_FEN = Gauge(
     "subsidy_held_fen", "Money held for review (committed against the budget, not paid), in "
-    "fen, by agency and fund; refreshed by refresh_holds", ["agency", "fund"],
+    "fen, by agency; refreshed by refresh_holds", ["agency"],
 )
 HOLDS_SQL = """
-SELECT agency, fund, count(*) AS n, sum(amount_fen)::bigint AS fen,
+SELECT agency, count(*) AS n, sum(amount_fen)::bigint AS fen,
        extract(epoch FROM now() - min(held_at))::float8 AS age
-FROM hold WHERE status = 'open' GROUP BY agency, fund
+FROM hold WHERE status = 'open' GROUP BY agency
 """
 HOLDS_REFRESH_SECONDS = 5.0
 _last_holds_refresh = [float("-inf")]
@@ -102,21 +102,12 @@ async def refresh_holds(pool: asyncpg.Pool, settings: ServiceSettings, cutoff: d
     _last_holds_refresh[0] = now
     async with pool.acquire() as conn:
         rows = await conn.fetch(HOLDS_SQL)
-    count: dict[str, int] = dict.fromkeys(settings.agencies, 0)
-    age: dict[str, float] = dict.fromkeys(settings.agencies, 0.0)
-    for r in rows:
-        count[r["agency"]] = count.get(r["agency"], 0) + int(r["n"])
-        age[r["agency"]] = max(age.get(r["agency"], 0.0), float(r["age"]))
-        HELD_FEN.labels(r["agency"], r["fund"]).set(int(r["fen"]))
-    held = {(r["agency"], r["fund"]) for r in rows}
-    for family in HELD_FEN.collect():
-        for sample in family.samples:
-            key = (sample.labels["agency"], sample.labels["fund"])
-            if key not in held:
-                HELD_FEN.labels(*key).set(0)
-    for agency, n in count.items():
-        HOLDS_OPEN.labels(agency).set(n)
-        HOLD_OLDEST_AGE.labels(agency).set(age[agency])
+    found = {r["agency"]: r for r in rows}
+    for agency in sorted(set(settings.agencies) | set(found)):
+        row = found.get(agency)
+        HOLDS_OPEN.labels(agency).set(int(row["n"]) if row else 0)
+        HOLD_OLDEST_AGE.labels(agency).set(float(row["age"]) if row else 0.0)
+        HELD_FEN.labels(agency).set(int(row["fen"]) if row else 0)
 
 
 class BudgetTotals(Collector):

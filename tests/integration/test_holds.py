@@ -9,6 +9,7 @@ SQ-LIVING 30 CNY a day, SQ-SAFETY 300 CNY (employer), BJ-CERT-IND 1500 CNY at in
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -137,6 +138,15 @@ async def test_a_flagged_enrollments_money_is_held_and_a_reviewer_releases_one_h
     safety = next(h for h in held if h["data"]["rule"] == "SQ-SAFETY")
     assert (safety["data"]["amount_fen"], safety["data"]["payee"]["kind"]) == (30000, "employer")
     assert collector.events(OUT, "SubsidyGranted.v1", of(pid)) == []  # nothing paid
+
+    # The metrics count the open holds, their age and the money held (refreshed every 5 s).
+    def gauge(name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{subsidy.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        found = re.search(rf'^{name}{{agency="suqian"}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else -1.0
+    await wait_for(lambda: gauge("subsidy_holds_open") >= 2, 30, "two open holds on /metrics")
+    assert gauge("subsidy_held_fen") >= 60000 and gauge("subsidy_hold_oldest_age_seconds") >= 0
 
     # The queue: suqian's staff and reviewer see both holds with explanation, checks and facts.
     status, queue = call(subsidy, "GET", "/agencies/suqian/holds", "suqian-staff")
