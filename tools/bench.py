@@ -58,7 +58,7 @@ SERVICES = ("enrollment", "assessment", "subsidy")
 INPUTS = {
     "enrollment": (topics.TRAINING_UPSTREAM,),
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
-    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
+    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
 }
 SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "fund_year",
                          "policy_load"})

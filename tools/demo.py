@@ -16,6 +16,12 @@ report reads which fund each rule draws on from it, and notes when the service's
 Each run gets its own seed (from the clock unless --seed is given); the simulator puts the seed
 into every enrollment, assessment and event id, so a new run's records are new to the services,
 and the report counts only the subsidy events whose basis is one of this run's references.
+
+Besides the simulated population, each agency gets two trainees who trip the integrity checks
+(POLICY.md §6): one attends two courses for 14 hours a day (daily_hours_exceeded), one attends
+40 days after the planned end (far_outside_plan); their money is held for review, and the run
+ends by printing the review console's address with a reviewer token per agency (the local
+tokens `make up` made, tools/local_tokens.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import random
 import sys
 import time
 import urllib.error
@@ -45,17 +52,39 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.contract import topics
-from shared.contract.envelope import headers
+from shared.contract.envelope import encode_raw, headers
+from tools import local_tokens
 from tools.moneycheck import Policies
-from tools.population import DEFAULT_AGENCIES, ENROLLED, YEAR, Population, Record, simulate
-from tools.report import AgencyTally, ApiTotals, Report, Sample, Tally, cny, render_html, terminal_summary
+from tools.population import (
+    ATTENDANCE,
+    DEFAULT_AGENCIES,
+    ENROLLED,
+    FINISHED,
+    INSTITUTION_BLOCK,
+    RESULT,
+    YEAR,
+    Population,
+    Record,
+    national_id,
+    simulate,
+)
+from tools.report import (
+    AgencyTally,
+    ApiTotals,
+    Report,
+    Sample,
+    Tally,
+    cny,
+    render_html,
+    terminal_summary,
+)
 
 SERVICES = ("enrollment", "assessment", "subsidy")
 DEFAULT_PERSONS = 3000  # about a minute on a 2-core box
 INPUTS = {
     "enrollment": (topics.TRAINING_UPSTREAM,),
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
-    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
+    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
 }
 OUTPUTS = {topics.ENROLLMENT_EVENTS: "enrollment", topics.ASSESSMENT_EVENTS: "assessment",
            topics.SUBSIDY_EVENTS: "subsidy"}
@@ -124,14 +153,29 @@ class ServiceStats:
 
 
 class Services:
-    """The services' HTTP side: readiness, metrics and the subsidy query API."""
+    """The services' HTTP side: readiness, metrics and the subsidy query API (with the local
+    auditor token when `make up` made one: tools/local_tokens.py)."""
 
     def __init__(self, urls: dict[str, str]) -> None:
         self.urls = urls
+        tokens = local_tokens.load()
+        token = os.environ.get("DEMO_API_TOKEN") or (tokens or {}).get("auditor")
+        self.auth = {"authorization": f"Bearer {token}"} if token else {}
 
     def _get(self, service: str, path: str) -> bytes:
-        with urllib.request.urlopen(self.urls[service] + path, timeout=5) as r:
+        request = urllib.request.Request(self.urls[service] + path, headers=self.auth)
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.read()  # type: ignore[no-any-return]
+
+    def tokens_required(self) -> bool:
+        """Whether the subsidy API refuses a request without a token (API_TOKENS configured)."""
+        try:
+            with urllib.request.urlopen(self.urls["subsidy"] + "/policies/loads", timeout=5):
+                return False
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
+        except OSError:
+            return False
 
     def not_ready(self) -> list[str]:
         down = []
@@ -298,6 +342,7 @@ class Demo:
         with self.console.status(f"generating {opts.persons:,} persons (seed {report.seed})"):
             pop = await asyncio.to_thread(simulate, opts.persons, report.seed, opts.agencies, opts.disorder)
         report.intended_dead_letters.update(pop.malformed)
+        add_integrity_cases(pop, opts.agencies)
         await self._refuse_replay(pop)
         years = (YEAR - 1, YEAR, YEAR + 1)
         self.watcher = Watcher(self.options, report.tally)
@@ -480,6 +525,85 @@ class Demo:
         return Group(head, table)
 
 
+def add_integrity_cases(pop: Population, agencies: Sequence[str]) -> None:
+    """Two trainees per agency who trip each integrity check (POLICY.md §6), each in a lane of
+    their own after the population's: 8 + 6 hours on the same days at two institutions
+    (daily_hours_exceeded, both enrollments flagged), and a day attended 40 days after the
+    planned end (far_outside_plan). Both complete and pass, so each agency's money on them
+    (completion and certificate rules) is held for review."""
+    rng = random.Random(f"integrity:{pop.seed}")
+    start = dt.date(YEAR, 6, 1)
+    end = start + dt.timedelta(days=19)
+    lane = max(pop.lanes.values(), default=-1) + 1
+    counter = 0
+
+    def record(bucket: list[Record], type: str, data: dict[str, Any], key: str, source: str,
+               agency: str, day: dt.date) -> None:
+        nonlocal counter
+        counter += 1
+        value = encode_raw(type, data, id=f"integrity-{pop.seed}-{counter}", source=source,
+                           subject=key, agencyid=agency, time=f"{day.isoformat()}T18:00:00+08:00")
+        bucket.append(Record(key, value))
+        pop.lanes.setdefault(key, lane)
+
+    for agency in agencies:
+        for check in ("daily_hours_exceeded", "far_outside_plan"):
+            nid = national_id(rng, agency, dt.date(1990, 1, 1) + dt.timedelta(days=rng.randint(0, 5000)))
+            trainee = {"national_id": nid, "name": "演示学员", "categories": ["low_income", "poor_labor"],
+                       "rural": True, "hukou_agency": agency, "insured_months": 24,
+                       "hired_on": f"{YEAR - 1}-06-01"}
+            employer = {"id": f"EMP-{agency.upper()}-INTEGRITY", "insured": True,
+                        "hardship_certified": False, "sector": None, "employee_model_domestic": False}
+            institutions = [f"INST-{INSTITUTION_BLOCK[agency] + 90 + n:04d}" for n in (1, 2)]
+            refs = [f"{inst}/{YEAR}/{pop.seed}-{check}-{n}" for n, inst in enumerate(institutions)]
+            if check == "far_outside_plan":
+                refs, institutions = refs[:1], institutions[:1]
+            training: list[tuple[dt.date, int, int, str, dict[str, Any], str, str]] = []
+            for n, (ref, inst) in enumerate(zip(refs, institutions, strict=True)):
+                course = {"course_id": f"C-INTEGRITY-{n}", "occupation_code": f"6-18-01-0{n + 1}",
+                          "occupation_name": "演示", "level": "intermediate",
+                          "training_type": "skill_upgrade", "planned_hours": 80,
+                          "start_date": start.isoformat(), "end_date": end.isoformat(),
+                          "project_based": False, "program_years": None}
+                source, base = f"/institutions/{inst}", {"enrollment_ref": ref, "institution_id": inst}
+                training.append((start - dt.timedelta(days=5), 0, n, ENROLLED, {
+                    **base, "trainee": trainee, "employer": employer, "course": course,
+                    "fee": {"amount_fen": 150000, "payer": "employer"}}, ref, source))
+                days = [start + dt.timedelta(days=d) for d in range(10)]
+                if check == "far_outside_plan":
+                    days.append(end + dt.timedelta(days=40))
+                for day in days:
+                    training.append((day, 1, n, ATTENDANCE,
+                                     {**base, "date": day.isoformat(), "hours": 8 - 2 * n}, ref, source))
+                finished = days[-1]
+                training.append((finished, 2, n, FINISHED, {**base, "finished_on": finished.isoformat()},
+                                 ref, source))
+                assessment_ref = f"EV-99/{YEAR}/{pop.seed}-{agency}-{check}-{n}"
+                record(pop.assessment, RESULT, {
+                    "assessment_ref": assessment_ref, "evaluator_id": "EV-99", "national_id": nid,
+                    "enrollment_ref": ref, "occupation_code": course["occupation_code"],
+                    "level": "intermediate", "certificate_kind": "skill_level", "passed": True,
+                    "assessed_on": (finished + dt.timedelta(days=5)).isoformat()},
+                    assessment_ref, "/evaluators/EV-99", agency, finished + dt.timedelta(days=5))
+            # In time order, both enrollments' days side by side: the flags come before completion.
+            for day, _order, _n, type, data, ref, source in sorted(training, key=lambda t: t[:3]):
+                record(pop.training, type, data, ref, source, agency, day)
+            lane += 1
+
+
+def console_lines(options: Options, services: Services) -> list[str]:
+    """Where a reviewer decides the run's holds, with the local reviewer tokens."""
+    url = f"{options.urls['subsidy']}/console/"
+    tokens = local_tokens.load()
+    if tokens is None or not services.tokens_required():
+        return [f"Review console: {url} (this stack runs without API tokens: sign in with any "
+                "text as an auditor, who reads but cannot review; `make up` configures tokens)"]
+    reviewers: dict[str, str] = tokens["reviewers"]  # type: ignore[assignment]
+    return [f"Review console: {url} — sign in with a reviewer token of an agency to release or "
+            f"deny its held grants:"] + [
+        f"  {agency:8} {reviewers[agency]}" for agency in options.agencies if agency in reviewers]
+
+
 def write_report(report: Report, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(report), encoding="utf-8")
@@ -497,6 +621,8 @@ async def run_demo(options: Options, console: Console | None = None) -> tuple[Re
         f"{options.urls[s]}/metrics" for s in SERVICES))
     console.print("Scrape config and alert rules: deploy/prometheus/; dashboard: "
                   "deploy/grafana/ (docs/OPERATIONS.md, docs/METRICS.md)")
+    for line in console_lines(options, demo.services):
+        console.print(line, highlight=False, soft_wrap=True)
     return report, path
 
 

@@ -28,6 +28,8 @@ from services.subsidy.replay import replay
 from tools.population import DEFAULT_AGENCIES, Population, Record
 
 DEFAULT_SECRET = "test-person-id-secret"  # tests.harness.SECRET
+DAILY_HOURS_LIMIT = Decimal(12)  # POLICY.md §6 defaults (ENROLLMENT_DAILY_HOURS_LIMIT,
+PLAN_SLACK_DAYS = 30  # ENROLLMENT_PLAN_SLACK_DAYS)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,18 @@ def expected_enrollment_events(pop: Population, secret: str = DEFAULT_SECRET,
     enrollments: dict[str, _Enr] = {}
     by_person: dict[str, list[_Enr]] = {}
     parked: dict[str, list[CloudEvent]] = {}
+    hours_on: dict[tuple[str, dt.date], dict[str, Decimal]] = {}  # (person, date) -> ref -> h
+    flagged: set[tuple[str, str]] = set()
+
+    def flag(ref: str, check: str, on: dt.date, detail: str, e: CloudEvent) -> None:
+        """POLICY.md §6: one EnrollmentFlagged per enrollment and check."""
+        if (ref, check) in flagged:
+            return
+        flagged.add((ref, check))
+        target = enrollments[ref]
+        _emit(out, ev.EnrollmentFlagged(enrollment_ref=ref, person_id=target.pid, check=check,  # type: ignore[arg-type]
+                                        detail=detail, flagged_on=on),
+              f"enrollment-flagged/{ref}/{check}", target.pid, target.agency, e.time)
 
     def handle(e: CloudEvent) -> None:
         d: Any = e.data
@@ -157,6 +171,24 @@ def expected_enrollment_events(pop: Population, secret: str = DEFAULT_SECRET,
                 out.dead_letters["invalid_hours"] += 1
             else:  # the course's dates are a plan, not a fence (POLICY.md §5)
                 enr.attendance[d.date] = hours
+                # ... but attendance far outside it, or a person's day over 12 hours summed over
+                # all their enrollments, flags the enrollments (POLICY.md §6)
+                if (enr.start - d.date).days > PLAN_SLACK_DAYS:
+                    flag(enr.ref, "far_outside_plan", d.date,
+                         f"attendance on {d.date} is {(enr.start - d.date).days} days before the "
+                         f"planned start (more than {PLAN_SLACK_DAYS})", e)
+                elif (d.date - enr.end).days > PLAN_SLACK_DAYS:
+                    flag(enr.ref, "far_outside_plan", d.date,
+                         f"attendance on {d.date} is {(d.date - enr.end).days} days after the "
+                         f"planned end (more than {PLAN_SLACK_DAYS})", e)
+                day = hours_on.setdefault((enr.pid, d.date), {})
+                day[enr.ref] = hours
+                total = sum(day.values(), Decimal(0))
+                if total > DAILY_HOURS_LIMIT:
+                    for ref in sorted(day):
+                        flag(ref, "daily_hours_exceeded", d.date,
+                             f"{_number(total)} hours attended on {d.date} over {len(day)} "
+                             f"enrollments (more than {_number(DAILY_HOURS_LIMIT)})", e)
         elif e.type.endswith("TrainingFinished.v1"):
             enr.status = "completed"
             hours = sum((h for h in enr.attendance.values() if h > 0), Decimal(0))

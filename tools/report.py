@@ -53,6 +53,8 @@ class AgencyTally:
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     exhausted: Counter[str] = field(default_factory=Counter)  # fund -> budget_exhausted rejections
     dead_letters: Counter[str] = field(default_factory=Counter)  # "service:code"
+    holds: Money = field(default_factory=Money)  # SubsidyHeld: waiting for review (POLICY §6)
+    held_checks: Counter[str] = field(default_factory=Counter)
 
     @property
     def reversed(self) -> Money:
@@ -110,6 +112,9 @@ class Tally:
                 tally.exhausted[self.rule_funds.get((data["agency"], data["rule"]), "?")] += 1
         elif kind == "SubsidyReversed":
             tally.reversals.setdefault(data["reason"], Money()).add(data["amount_fen"])
+        elif kind == "SubsidyHeld":
+            tally.holds.add(data["amount_fen"])
+            tally.held_checks.update(data["hold"]["checks"])
 
     def add_dead_letter(self, service: str, code: str, agency: str | None) -> None:
         self.dead_letters[(service, code)] += 1
@@ -280,14 +285,15 @@ def terminal_summary(report: Report, html_path: Path | None = None) -> Renderabl
     overview = Table(title="This run, per agency (its own events on skills.subsidy.events)",
                      caption="API Δ: change of the subsidy service's /agencies/<agency>/summary over the run",
                      title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    for col in ("agency", "grants", "granted", "rejected", "reversed", "DLQ", "API Δ"):
+    for col in ("agency", "grants", "granted", "held", "rejected", "reversed", "DLQ", "API Δ"):
         overview.add_column(col, justify="left" if col == "agency" else "right")
     parts: list[RenderableType] = [head, overview]
     for name in report.agencies:
         a = t.agencies.get(name, AgencyTally())
         delta = report.api_delta(name)
         overview.add_row(
-            name, f"{a.grants.count:,}", cny(a.grants.fen), f"{sum(a.rejections.values()):,}",
+            name, f"{a.grants.count:,}", cny(a.grants.fen), f"{a.holds.count:,} ({cny(a.holds.fen)})",
+            f"{sum(a.rejections.values()):,}",
             f"{a.reversed.count:,}", f"{sum(a.dead_letters.values()):,}",
             Text("equal", "green") if delta.matches(a) else Text("differs", "bold red"))
         grid = Table(box=box.SIMPLE_HEAD, show_edge=False)
@@ -302,6 +308,9 @@ def terminal_summary(report: Report, html_path: Path | None = None) -> Renderabl
         reasons = ", ".join(f"{r} {n:,}" for r, n in a.rejections.most_common()) or "none"
         reversals = ", ".join(f"{r} {m.count:,} ({cny(m.fen)})" for r, m in a.reversals.items()) or "none"
         dead = ", ".join(f"{c} {n:,}" for c, n in sorted(a.dead_letters.items())) or "none"
+        checks = ", ".join(f"{c} {n:,}" for c, n in a.held_checks.most_common())
+        parts.append(Text.assemble(("  held for integrity review: ", "bold"), (
+            f"{a.holds.count:,} grants, {cny(a.holds.fen)} ({checks})" if a.holds.count else "none")))
         parts += [Text.assemble(("  rejections: ", "bold"), reasons), Text.assemble(
             ("  reversals: ", "bold"), reversals), Text.assemble(("  dead letters: ", "bold"), dead)]
     budgets = Table(title="Budgets: thresholds reached and budget_exhausted rejections (this run)",
@@ -465,7 +474,11 @@ def _agency_section(report: Report, name: str, colours: dict[str, str]) -> str:
     <div><b>{sum(a.rejections.values()):,}</b>rejections</div>
     <div><b>{a.reversed.count:,} · {cny(a.reversed.fen)}</b>reversed</div>
     <div><b>{cny(a.grants.fen - a.reversed.fen)}</b>net</div>
+    <div><b class="held">{a.holds.count:,} · {cny(a.holds.fen)}</b>held for review</div>
   </div>
+  <p class="holds">Held for integrity review (POLICY §6; a reviewer of {_e(name)} releases or denies them in
+  the subsidy service's console <code>/console/</code>): {a.holds.count:,} grants, {cny(a.holds.fen)}{
+  " — checks: " + _e(", ".join(f"{c} {n:,}" for c, n in a.held_checks.most_common())) if a.holds.count else ""}.</p>
   <p class="api">Subsidy service query API (<code>/agencies/{_e(name)}/summary</code>): {after.grants:,} grants,
   {cny(after.granted_fen)} on the stack; change over this run {delta.grants:,} grants, {cny(delta.granted_fen)},
   {sum(delta.rejections.values()):,} rejections: {check}.</p>
@@ -482,8 +495,10 @@ def _agency_section(report: Report, name: str, colours: dict[str, str]) -> str:
 def render_html(report: Report) -> str:
     t, colours = report.tally, _fund_colours(report)
     overview = _table(
-        ("agency", "grants", "granted", "rejections", "reversals", "reversed", "net", "API Δ equal"),
-        [(n, f"{a.grants.count:,}", cny(a.grants.fen), f"{sum(a.rejections.values()):,}", f"{a.reversed.count:,}",
+        ("agency", "grants", "granted", "held", "held amount", "rejections", "reversals", "reversed", "net",
+         "API Δ equal"),
+        [(n, f"{a.grants.count:,}", cny(a.grants.fen), f"{a.holds.count:,}", cny(a.holds.fen),
+          f"{sum(a.rejections.values()):,}", f"{a.reversed.count:,}",
           cny(a.reversed.fen), cny(a.grants.fen - a.reversed.fen), "yes" if report.api_delta(n).matches(a) else "NO")
          for n in report.agencies for a in [t.agencies.get(n, AgencyTally())]], "overview")
     by_agency = hbar_chart(

@@ -145,6 +145,17 @@ def business_row(layout: Layout) -> None:
         ("sum by (agency, reason) (increase(subsidy_reversals_total[1h]))", "{{agency}} {{reason}}"),
         ("sum by (agency) (increase(subsidy_reversed_fen_total[1h])) / 100", "{{agency}} yuan"),
     ], width=8)
+    layout.panel("Holds waiting for review, by agency", [
+        ("max by (agency) (subsidy_holds_open)", "{{agency}}"),
+    ], width=8, description="grants held because they rest on a flagged enrollment (POLICY §6)")
+    layout.panel("Oldest open hold (age)", [
+        ("max by (agency) (subsidy_hold_oldest_age_seconds)", "{{agency}}"),
+    ], unit="s", width=8, description="HoldsWaitingForReview past 7 days",
+        thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 3 * 86400},
+                    {"color": "red", "value": 7 * 86400}])
+    layout.panel("Money held for review (yuan)", [
+        ("max by (agency) (subsidy_held_fen) / 100", "{{agency}}"),
+    ], unit="currencyCNY", width=8, description="committed against the budget, not paid")
     layout.panel("Pending items by kind", [
         ("sum by (kind) (subsidy_pending_items)", "{{kind}}"),
     ], width=24, height=6,

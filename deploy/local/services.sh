@@ -5,7 +5,8 @@
 #   start   migrate each service's database, start it, wait until /readyz answers 200
 #   stop    SIGTERM, wait, then SIGKILL
 # Env: ENROLLMENT_HTTP_PORT (8001), ASSESSMENT_HTTP_PORT (8002), SUBSIDY_HTTP_PORT (8003) and
-#      every setting the services read (see README "Configuration").
+#      every setting the services read (see README "Configuration"). Without API_TOKENS the
+#      services get local tokens (tools/local_tokens.py: .state/tokens/local-tokens.json).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,6 +36,12 @@ PY
 }
 
 start() {
+  if [ -z "${API_TOKENS:-}" ]; then
+    # Local tokens (an auditor, a reviewer per agency for the review console), made once.
+    API_TOKENS="$(cd "$ROOT" && "$PY" -m tools.local_tokens "$STATE/tokens")"
+    export API_TOKENS
+    log "API tokens: $STATE/tokens/local-tokens.json (review console: http://127.0.0.1:$(port_of subsidy)/console/)"
+  fi
   for s in "${SERVICES[@]}"; do
     if running "$s"; then log "$s: already running (pid $(cat "$DIR/$s.pid"))"; continue; fi
     (cd "$ROOT" && "$PY" -m "services.$s" migrate >>"$DIR/$s.log" 2>&1) \

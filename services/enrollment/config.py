@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -22,6 +23,15 @@ class EnrollmentSettings(ServiceSettings):
     data_key: str = Field(
         DEV_DATA_KEY, validation_alias="DATA_ENCRYPTION_KEY",
         description="Fernet key protecting names and national ids at rest",
+    )
+
+    daily_hours_limit: Decimal = Field(
+        Decimal(12), description="integrity check daily_hours_exceeded (POLICY.md §6): a "
+        "person's hours on one date, summed over all their enrollments, above this",
+    )
+    plan_slack_days: int = Field(
+        30, description="integrity check far_outside_plan (POLICY.md §6): attendance more than "
+        "this many days before a course's start_date or after its end_date",
     )
 
     def unsafe_defaults(self) -> list[str]:

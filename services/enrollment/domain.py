@@ -122,6 +122,36 @@ def check_institution(enrollment: Enrollment, institution_id: str) -> None:
         )
 
 
+DAILY_HOURS_EXCEEDED = "daily_hours_exceeded"
+FAR_OUTSIDE_PLAN = "far_outside_plan"
+
+
+def outside_plan(enrollment: Enrollment, day: dt.date, slack_days: int) -> str | None:
+    """far_outside_plan (POLICY.md §6): the flag's detail when ``day`` lies more than
+    ``slack_days`` days before the planned start or after the planned end; None otherwise.
+    The attendance still counts (the dates are a plan): the check only holds the money."""
+    before = (enrollment.start_date - day).days
+    after = (day - enrollment.end_date).days
+    if before > slack_days:
+        return f"attendance on {day} is {before} days before the planned start (more than {slack_days})"
+    if after > slack_days:
+        return f"attendance on {day} is {after} days after the planned end (more than {slack_days})"
+    return None
+
+
+def over_daily_hours(hours_by_enrollment: dict[str, Decimal], day: dt.date,
+                     limit: Decimal) -> tuple[list[str], str] | None:
+    """daily_hours_exceeded (POLICY.md §6): one person's hours on one date, summed over every
+    enrollment in every institution and agency, above ``limit``. The enrollments involved
+    (those with hours that day, by reference) and the flag's detail; None when within."""
+    total = sum(hours_by_enrollment.values(), Decimal(0))
+    if total <= limit:
+        return None
+    involved = sorted(ref for ref, hours in hours_by_enrollment.items() if hours > 0)
+    return involved, (f"{number(total)} hours attended on {day} over {len(involved)} "
+                      f"enrollments (more than {number(limit)})")
+
+
 @dataclass(frozen=True)
 class Totals:
     hours: Decimal

@@ -3,6 +3,9 @@
 One call per Kafka batch inside the batch's transaction (see shared.runtime.consumer). Records
 that refer to an enrollment not seen yet are parked in ``pending`` and replayed, in arrival
 order, when the enrollment arrives; the sweep dead-letters them after the waiting period.
+Attendance runs the integrity checks of POLICY.md §6 (``EnrollmentFlagged``, once per
+enrollment and check): the person's hours on other enrollments, which may be on other
+partitions and other replicas, are read under a per-person advisory lock.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ FINISHED = "skills.training.TrainingFinished.v1"
 WITHDRAWN = "skills.training.EnrollmentWithdrawn.v1"
 MONTH = "skills.training.WorkTrainingMonthRecorded.v1"
 
+# Transaction-scoped locks on persons, taken in one order (sorted keys) so that two batches
+# never wait on each other in a cycle; the same key as every per-person lock of the services.
+# A person's attendance on given dates over all their enrollments (every institution, agency).
+PERSON_DAYS = (
+    "SELECT e.person_id, e.enrollment_ref, e.agency, a.date, a.hours"
+    " FROM enrollment e JOIN attendance a USING (enrollment_ref)"
+    " WHERE (e.person_id, a.date) IN (SELECT * FROM unnest($1::text[], $2::date[]))"
+)
+
 
 class Batch:
     """The state of one batch: enrollments by ref, and the writes collected for the end."""
@@ -53,6 +65,14 @@ class Batch:
         self.parked: list[tuple[str, Incoming]] = []
         self.waiting: dict[str, list[asyncpg.Record]] = {}  # stored pending rows by ref
         self.replayed: list[int] = []  # pending rows applied in this batch (deleted at store)
+        # Integrity checks: (person, date) -> enrollment ref -> hours, loaded under the person's
+        # lock; flags known (stored or new) and the new ones to store.
+        self.day_hours: dict[tuple[str, dt.date], dict[str, Decimal]] = {}
+        self.agency_of: dict[str, str] = {}
+        self.locked: set[str] = set()  # persons whose flags are loaded
+        self.advisory: set[str] = set()  # persons whose advisory lock this transaction holds
+        self.flagged: set[tuple[str, str]] = set()
+        self.flags: list[tuple[str, str, str, dt.date, str]] = []
 
     # ---- loading ----------------------------------------------------------------------
 
@@ -60,19 +80,33 @@ class Batch:
         refs = {i.event.data.enrollment_ref for i in items}  # type: ignore[attr-defined]
         enrolled = [i.event.data.enrollment_ref for i in items if i.event.type == ENROLLED]  # type: ignore[attr-defined]
         persons = set()
+        enrolled_pid: dict[str, str] = {}
         for item in items:
             if item.event.type == ENROLLED:
                 try:
-                    pid = person_id(item.event.data.trainee.national_id, self.settings.person_id_secret)  # type: ignore[attr-defined]
+                    nid = normalise_national_id(item.event.data.trainee.national_id)  # type: ignore[attr-defined]
+                    pid = person_id(nid, self.settings.person_id_secret)
                 except ValueError:
                     continue
                 persons.add(pid)
+                enrolled_pid[item.event.data.enrollment_ref] = pid  # type: ignore[attr-defined]
+        # The persons of known enrollments whose attendance this batch records (a person_id never
+        # changes, so it is read before locking): their locks are taken with the rest, in one
+        # sorted statement, and the integrity checks need them (load_checks).
+        attending = [i.event.data.enrollment_ref for i in items if i.event.type == ATTENDANCE]  # type: ignore[attr-defined]
+        for row in await db.fetch_for(
+            self.conn, attending,
+            "SELECT DISTINCT person_id FROM enrollment WHERE enrollment_ref = ANY($1::text[])",
+        ):
+            persons.add(row["person_id"])
         # Upstream producers are not ours: one enrollment_ref can arrive on two partitions, one
         # person's enrollments under several refs on several, each held by another replica.
         # Locking every ref and person of the batch (rows or not yet) before reading makes the
-        # duplicate rules see every earlier acceptance, whatever partition it came in on, and
-        # keeps a record from being parked just after its enrollment was stored elsewhere.
+        # duplicate rules see every earlier acceptance, whatever partition it came in on, keeps a
+        # record from being parked just after its enrollment was stored elsewhere, and lets the
+        # daily-hours check see every hour of the person's day (POLICY.md §6).
         await db.lock_keys(self.conn, [f"ref:{r}" for r in refs] + [f"person:{p}" for p in persons])
+        self.advisory |= persons
         for row in await db.fetch_for(
             self.conn, enrolled,
             "SELECT seq, ref, topic, partition, \"offset\", key, value FROM pending "
@@ -82,7 +116,7 @@ class Batch:
         rows = await self.conn.fetch(
             "SELECT * FROM enrollment WHERE enrollment_ref = ANY($1::text[]) "
             "OR person_id = ANY($2::text[]) ORDER BY enrollment_ref FOR UPDATE",
-            list(refs), list(persons),
+            list(refs), list(set(enrolled_pid.values())),
         )
         for row in rows:
             self._remember(_from_row(row))
@@ -111,6 +145,50 @@ class Batch:
                 if enr.months is None:
                     enr.months = {}
                 enr.months[row["month"]] = (row["wages_fen"], row["month_index"])
+        await self.load_checks(items, enrolled_pid)
+
+    async def load_checks(self, items: list[Incoming], enrolled_pid: dict[str, str]) -> None:
+        """Lock every person whose attendance this batch may record, then load their hours on
+        the batch's dates over all their enrollments and their flags (POLICY.md §6). Without
+        the lock two replicas could each record one of a person's enrollments for a date and
+        neither see the other's hours."""
+        pairs: set[tuple[str, dt.date]] = set()
+        for item in items:
+            if item.event.type == ATTENDANCE:
+                ref = item.event.data.enrollment_ref  # type: ignore[attr-defined]
+                enr = self.enrollments.get(ref)
+                pid = enr.person_id if enr is not None else enrolled_pid.get(ref)
+                if pid is not None:
+                    pairs.add((pid, item.event.data.date))  # type: ignore[attr-defined]
+        # Parked attendance is replayed when its enrollment arrives in this batch.
+        persons = {p for p, _ in pairs} | {p for ref, p in enrolled_pid.items() if ref in self.waiting}
+        await self._lock(persons)
+        await self._load_days(pairs)
+
+    async def _lock(self, persons: set[str]) -> None:
+        persons -= self.locked
+        if not persons:
+            return
+        # Usually locked in load() already; a person seen only now is locked the same way.
+        await db.lock_keys(self.conn, [f"person:{p}" for p in persons - self.advisory])
+        self.advisory |= persons
+        self.locked |= persons
+        for row in await self.conn.fetch(
+            "SELECT enrollment_ref, integrity_check FROM enrollment_flag "
+            "WHERE person_id = ANY($1::text[])", list(persons),
+        ):
+            self.flagged.add((row["enrollment_ref"], row["integrity_check"]))
+
+    async def _load_days(self, pairs: set[tuple[str, dt.date]]) -> None:
+        pairs = {p for p in pairs if p not in self.day_hours}
+        if not pairs:
+            return
+        for pair in pairs:
+            self.day_hours[pair] = {}
+        keys = list(pairs)
+        for row in await self.conn.fetch(PERSON_DAYS, [k[0] for k in keys], [k[1] for k in keys]):
+            self.day_hours[(row["person_id"], row["date"])][row["enrollment_ref"]] = row["hours"]
+            self.agency_of[row["enrollment_ref"]] = row["agency"]
 
     def _remember(self, enr: Enrollment) -> None:
         self.enrollments[enr.enrollment_ref] = enr
@@ -133,7 +211,7 @@ class Batch:
                          extra={"type": item.event.type, "enrollment_ref": enr.enrollment_ref})
                 return
             if item.event.type == ATTENDANCE:
-                self.attended(enr, item.event.data)  # type: ignore[arg-type]
+                await self.attended(enr, item)
             elif item.event.type == FINISHED:
                 self.finished(enr, item)
             elif item.event.type == WITHDRAWN:
@@ -193,13 +271,46 @@ class Batch:
         self.emit(enr, accepted, f"enrollment-accepted/{enr.enrollment_ref}", item)
         await self.replay_parked(enr.enrollment_ref)
 
-    def attended(self, enr: Enrollment, data: ev.AttendanceRecorded) -> None:
-        """A second record for the same enrollment and date replaces the first (POLICY §5)."""
+    async def attended(self, enr: Enrollment, item: Incoming) -> None:
+        """A second record for the same enrollment and date replaces the first (POLICY §5).
+        The attendance counts wherever it is dated; the integrity checks (POLICY §6) flag the
+        enrollment (far_outside_plan) or every enrollment of the person with hours that day
+        (daily_hours_exceeded) so that the subsidy service holds their money for review."""
+        data: ev.AttendanceRecorded = item.event.data  # type: ignore[assignment]
         hours = Decimal(str(data.hours))
         domain.check_attendance(hours)
         self.attendance[(enr.enrollment_ref, data.date)] = hours
         if enr.attendance is not None:
             enr.attendance[data.date] = hours
+        await self._lock({enr.person_id})  # a replayed record of a person not locked yet
+        await self._load_days({(enr.person_id, data.date)})
+        day = self.day_hours[(enr.person_id, data.date)]
+        day[enr.enrollment_ref] = hours
+        self.agency_of[enr.enrollment_ref] = enr.agency
+        detail = domain.outside_plan(enr, data.date, self.settings.plan_slack_days)
+        if detail is not None:
+            self.flag(enr.enrollment_ref, enr.person_id, domain.FAR_OUTSIDE_PLAN, data.date,
+                      detail, item)
+        over = domain.over_daily_hours(day, data.date, self.settings.daily_hours_limit)
+        if over is not None:
+            involved, detail = over
+            for ref in involved:
+                self.flag(ref, enr.person_id, domain.DAILY_HOURS_EXCEEDED, data.date, detail, item)
+
+    def flag(self, ref: str, pid: str, check: str, on: dt.date, detail: str,
+             item: Incoming) -> None:
+        """EnrollmentFlagged once per enrollment and check (the detail names no person)."""
+        if (ref, check) in self.flagged:
+            return
+        self.flagged.add((ref, check))
+        self.flags.append((ref, check, pid, on, detail))
+        payload = ev.EnrollmentFlagged(enrollment_ref=ref, person_id=pid, check=check,  # type: ignore[arg-type]
+                                       detail=detail, flagged_on=on)
+        self.out.publish(
+            topics.ENROLLMENT_EVENTS, payload, id=f"enrollment-flagged/{ref}/{check}",
+            subject=pid, agencyid=self.agency_of[ref], time=item.event.time,
+            traceparent=item.event.traceparent,
+        )
 
     async def _ensure_attendance(self, enr: Enrollment) -> None:
         if enr.attendance is None:
@@ -339,6 +450,14 @@ class Batch:
                 "INSERT INTO enrollment_rejection (source, id, enrollment_ref, person_id, reason,"
                 " detail, agency) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
                 " $4::text[], $5::text[], $6::text[], $7::text[]) ON CONFLICT DO NOTHING",
+                *(list(c) for c in columns),
+            )
+        if self.flags:
+            columns = list(zip(*self.flags, strict=True))
+            await self.conn.execute(
+                "INSERT INTO enrollment_flag (enrollment_ref, integrity_check, person_id,"
+                " flagged_on, detail) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+                " $4::date[], $5::text[]) ON CONFLICT DO NOTHING",
                 *(list(c) for c in columns),
             )
         await pending.park(self.conn, self.parked)

@@ -53,8 +53,14 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         agency_of = {ref: e.accepted.agency for ref, e in state.enrollments.items()}
         return JSONResponse({
             "person_id": pid,
-            "grants": [{**g.to_payload(), "live": g.grant_id in live}
-                       for g in grants(state) if who.sees(g.agency)],
+            # A held grant (POLICY §6) is live (it counts) but unpaid until released: "hold".
+            "grants": [{**g.event.to_payload(), "live": g.grant_id in live,
+                        **({"hold": {**dataclasses.asdict(g.hold), "status": g.hold.status.value,
+                                     "held_on": g.hold.held_on.isoformat()}} if g.hold else {})}
+                       for g in state.grant_log if who.sees(g.event.agency)],
+            "flags": {ref: [{"check": f.check, "flagged_on": f.flagged_on.isoformat(),
+                             "detail": f.detail} for f in found]
+                      for ref, found in state.flags.items() if who.sees(agency_of.get(ref))},
             "rejections": [r.to_payload() for r in rejections(state) if who.sees(r.agency)],
             "reversals": [r.to_payload() for r in reversals(state) if who.sees(r.agency)],
             # A pending item is an agency's when it waits on one of that agency's enrollments;
@@ -86,7 +92,8 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         by: dict[str, dict[str, dict[str, int]]] = {"rule": {}, "fund": {}, "payee_kind": {}}
         rejected: dict[str, int] = {}
         reversed_: dict[str, dict[str, int]] = {}
-        totals = {"grants": 0, "granted_fen": 0, "reversals": 0, "reversed_fen": 0, "rejections": 0}
+        totals = {"grants": 0, "granted_fen": 0, "reversals": 0, "reversed_fen": 0, "rejections": 0,
+                  "holds": 0}
         for r in rows:
             if r["event_type"] == "granted":
                 totals["grants"] += r["n"]
@@ -98,6 +105,8 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             elif r["event_type"] == "rejected":
                 totals["rejections"] += r["n"]
                 rejected[r["reason"]] = rejected.get(r["reason"], 0) + r["n"]
+            elif r["event_type"] == "held":  # SubsidyHeld (POLICY §6): nothing paid yet
+                totals["holds"] += r["n"]
             else:
                 totals["reversals"] += r["n"]
                 totals["reversed_fen"] -= r["fen"]
@@ -105,12 +114,18 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
                 entry["count"] += r["n"]
                 entry["amount_fen"] -= r["fen"]
         ledger = await budgets.read_all(pool)
+        open_holds = await pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(amount_fen), 0)::bigint AS fen FROM hold"
+            " WHERE agency = $1 AND status = 'open' AND held_on BETWEEN $2 AND $3",
+            agency, first, last)
         return JSONResponse({
             "agency": agency, "year": year, **totals,
             "net_fen": totals["granted_fen"] - totals["reversed_fen"],
             "by_rule": by["rule"], "by_fund": by["fund"], "by_payee_kind": by["payee_kind"],
             "rejections_by_reason": rejected, "reversals_by_reason": reversed_,
             "budgets": _budgets(policies, ledger, agency, year),
+            # Held for integrity review and not reviewed yet: committed, not paid (POLICY §6).
+            "holds_open": open_holds["n"], "held_open_fen": open_holds["fen"],
         })
 
     async def ledger(request: Request) -> Response:

@@ -11,7 +11,7 @@ import asyncpg
 from shared.contract import topics
 from shared.runtime.consumer import Handler
 from shared.runtime.service import ServiceDefinition
-from services.subsidy import api, handlers, metrics
+from services.subsidy import api, console, handlers, metrics, reviews
 from services.subsidy.config import SubsidySettings
 from services.subsidy.policy import PolicySet, load_policy_dir
 
@@ -45,9 +45,14 @@ async def record_policy_loads(pool: asyncpg.Pool, settings: SubsidySettings) -> 
 DEFINITION = ServiceDefinition(
     name="subsidy",
     directory=Path(__file__).parent,
-    topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
+    # Reviews of held grants are facts too, read in broker time order with the others.
+    topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
     handler=build_handler,  # type: ignore[arg-type]
-    routes=lambda pool, settings: api.routes(pool, policies_from(settings.policy_dir)),  # type: ignore[attr-defined]
-    sweeps=(metrics.refresh_pending_items,),  # type: ignore[arg-type]
+    routes=lambda pool, settings: (
+        api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]
+        + reviews.routes(pool, settings)
+        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[arg-type]
+    ),
+    sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),  # type: ignore[arg-type]
     on_start=record_policy_loads,  # type: ignore[arg-type]
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.runtime.settings import ServiceSettings
@@ -16,3 +17,6 @@ class SubsidySettings(ServiceSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/subsidy"
     http_port: int = 8003
     policy_dir: Path = Path(__file__).with_name("policies")
+    console_session_minutes: int = Field(
+        480, description="how long a review-console session lasts after sign-in (docs/SECURITY.md §6)",
+    )

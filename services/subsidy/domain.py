@@ -2,7 +2,8 @@
 
 `decide(policies, state, fact, budgets)` mutates and returns `state` and mutates `budgets`; it
 reads no clock, environment or database. Rules, numbers and checks are POLICY.md's; every
-decision records the rule id and the policy version in force on its basis date.
+decision records the rule id and the policy version in force on its basis date. A decision that
+would grant money resting on a flagged enrollment is held for review instead (POLICY §6).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from .facts import (
     CertificateIssued,
     CertificateRevoked,
     EnrollmentAccepted,
+    EnrollmentFlagged,
     EnrollmentWithdrawn,
     Fact,
     FactError,
+    HoldReviewed,
     TrainingCompleted,
     WorkMonthAccepted,
     fact_from_event,
@@ -42,6 +45,7 @@ from .outputs import (
     ReversalReason,
     Stage,
     SubsidyGranted,
+    SubsidyHeld,
     SubsidyRejected,
     SubsidyReversed,
     grant_id_for,
@@ -54,7 +58,10 @@ from .state import (
     CertificateStatus,
     Enrollment,
     EnrollmentStatus,
+    Flag,
     Grant,
+    Hold,
+    HoldStatus,
     PendingItem,
     PersonState,
     grants,
@@ -66,7 +73,7 @@ from .state import (
 
 __all__ = [
     "BudgetLedger", "BudgetThresholdReached", "Fact", "FactError", "Output", "PendingItem",
-    "PersonState", "SubsidyGranted", "SubsidyRejected", "SubsidyReversed", "decide",
+    "PersonState", "SubsidyGranted", "SubsidyHeld", "SubsidyRejected", "SubsidyReversed", "decide",
     "fact_from_event", "grants", "live_grants", "pending_items", "rejections", "reversals",
 ]
 
@@ -116,6 +123,10 @@ class _Run:
             self.on_assessment_result(fact)
         elif isinstance(fact, CertificateIssued):
             self.on_certificate_issued(fact)
+        elif isinstance(fact, EnrollmentFlagged):
+            self.on_enrollment_flagged(fact)
+        elif isinstance(fact, HoldReviewed):
+            self.on_hold_reviewed(fact)
         else:
             self.on_certificate_revoked(fact)
 
@@ -252,6 +263,35 @@ class _Run:
                             and advance.event.basis.enrollment_ref
                             == grant.event.basis.enrollment_ref):
                         self._reverse(advance, ReversalReason.CERTIFICATE_REVOKED, why)
+
+    def on_enrollment_flagged(self, fact: EnrollmentFlagged) -> None:
+        """Remember the flag: from now on a decision granting money resting on the enrollment
+        is held (POLICY §6); grants published before it stay (first come, first served)."""
+        known = self.state.flags.setdefault(fact.enrollment_ref, [])
+        if any(f.check == fact.check for f in known):
+            return
+        known.append(Flag(fact.check, fact.flagged_on, fact.detail))
+        self.state.log_fact(fact)
+
+    def on_hold_reviewed(self, fact: HoldReviewed) -> None:
+        """Release (the held SubsidyGranted, unchanged but for the explanation naming the
+        review) or deny (SubsidyRejected(integrity_denied), freeing limit, slot and budget as a
+        reversal does) a held grant of the reviewer's agency, once (POLICY §6). A top-up follows
+        its base grant's review; a review of anything not held changes nothing."""
+        grant = self.state.find_grant(fact.grant_id)
+        if grant is None or not grant.held or grant.event.agency != fact.agency:
+            return
+        base = self.state.find_grant(grant.base_grant_id) if grant.base_grant_id else None
+        if base is not None and base.held:
+            return
+        self.state.log_fact(fact)
+        review = (f"integrity review {fact.review_id} by {fact.reviewer} on "
+                  f"{fact.reviewed_on}")
+        if fact.decision == "release":
+            self._release(grant, fact, review)
+        else:
+            self._end_hold(grant, HoldStatus.DENIED, RejectionReason.INTEGRITY_DENIED,
+                           f"denied on {review}", fact)
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -466,15 +506,21 @@ class _Run:
             payee_kind=payee[0], payee_id=payee[1], fund=rule.fund, policy=_policy_ref(policy),
             rule=rule.id, basis=case.basis, explanation=explanation,
         )
+        flags = self.state.flags.get(case.enrollment.ref)
+        hold = Hold(tuple(sorted({f.check for f in flags})), case.enrollment.ref,
+                    case.basis_date) if flags else None
         grant = Grant(
             event, case.basis_date,
             counted_year=case.basis_date.year if holds_slots else None,
             slot=slot_of(case) if holds_slots else None,
             employer_id=case.accepted.employer.id if case.accepted.employer else None,
             base_grant_id=case.base.grant_id if case.base else None,
+            hold=hold,
         )
         self.state.grant_log.append(grant)
-        self.outputs.append(event)
+        # Held, it counts exactly as the grant would (limit, slot, project, budget, POLICY §6).
+        self.outputs.append(event if hold is None else SubsidyHeld(
+            event, hold.checks, hold.enrollment_ref, hold.held_on))
         year = case.basis_date.year
         self.outputs.extend(self.budgets.commit(policy.agency, rule.fund, year, amount,
                                                 policy.budget_fen(rule.fund, year)))
@@ -494,9 +540,14 @@ class _Run:
         self.outputs.append(event)
 
     def _reverse(self, grant: Grant, reason: ReversalReason, why: str) -> None:
-        """Take a live grant back: its slots and its money are released, its top-ups follow."""
+        """Take a live grant back: its slots and its money are released, its top-ups follow.
+        A held grant was never paid: its hold ends instead (hold_voided, POLICY §6)."""
         grant = self.state.grant(grant.grant_id)
         if not grant.live:
+            return
+        if grant.held:
+            self._end_hold(grant, HoldStatus.VOIDED, RejectionReason.HOLD_VOIDED,
+                           f"{reason.value}: {why}")
             return
         self.state.put_grant(replace(grant, live=False))
         event = SubsidyReversed(
@@ -513,6 +564,61 @@ class _Run:
         for dependant in self.state.live_grants():
             if dependant.base_grant_id == grant.grant_id:
                 self._reverse(dependant, reason, f"its base grant {grant.grant_id} was reversed")
+
+    def _release(self, grant: Grant, fact: HoldReviewed, review: str) -> None:
+        """Publish the held grant (same grant_id, amount, payee, basis); its held top-ups follow."""
+        grant = self.state.grant(grant.grant_id)
+        if not grant.held:
+            return
+        assert grant.hold is not None
+        event = replace(grant.event, explanation=(
+            f"{grant.event.explanation}; held for integrity review ({', '.join(grant.hold.checks)}"
+            f" on enrollment {grant.hold.enrollment_ref}) and released on {review}"))
+        self.state.put_grant(replace(grant, event=event, hold=replace(
+            grant.hold, status=HoldStatus.RELEASED, review_id=fact.review_id,
+            reviewer=fact.reviewer, reviewed_at=fact.reviewed_at)))
+        self.outputs.append(event)
+        for dependant in self.state.held_grants():
+            if dependant.base_grant_id == grant.grant_id:
+                self._release(dependant, fact, f"{review} of its base grant {grant.grant_id}")
+
+    def _end_hold(self, grant: Grant, status: HoldStatus, reason: RejectionReason, why: str,
+                  review: HoldReviewed | None = None) -> None:
+        """End a hold without paying: SubsidyRejected naming the grant and the cause; the
+        limit, slot and budget it held are freed as a reversal frees them, its held top-ups
+        end with it, and a denied settlement takes its paid advance back."""
+        grant = self.state.grant(grant.grant_id)
+        if not grant.held:
+            return
+        assert grant.hold is not None
+        hold = replace(grant.hold, status=status)
+        if review is not None:
+            hold = replace(hold, review_id=review.review_id, reviewer=review.reviewer,
+                           reviewed_at=review.reviewed_at)
+        self.state.put_grant(replace(grant, live=False, hold=hold))
+        event_ = grant.event
+        event = SubsidyRejected(
+            person_id=self.state.person_id, agency=event_.agency, subsidy_type=event_.subsidy_type,
+            rule=event_.rule, basis=event_.basis, reason=reason,
+            explanation=(f"{event_.rule} {event_.stage.value} grant {grant.grant_id} of "
+                         f"{cny(event_.amount_fen)} ({event_.amount_fen} fen), held for integrity "
+                         f"review ({', '.join(grant.hold.checks)} on enrollment "
+                         f"{grant.hold.enrollment_ref}), ends: {reason.value}: {why}; nothing "
+                         f"was paid, so nothing is reversed"),
+            policy=event_.policy, grant_id=grant.grant_id,
+        )
+        self.state.rejection_log.append(event)
+        self.outputs.append(event)
+        self.budgets.release(event_.agency, event_.fund, grant.basis_date.year, event_.amount_fen)
+        for dependant in self.state.held_grants():
+            if dependant.base_grant_id == grant.grant_id:
+                self._end_hold(dependant, status, reason,
+                               f"its base grant {grant.grant_id} ended ({reason.value})", review)
+        if status is HoldStatus.DENIED and event_.stage is Stage.SETTLEMENT:
+            advance = self.state.unsettled_advance(event_.basis.enrollment_ref or "", event_.rule)
+            if advance is not None:
+                self._reverse(advance, ReversalReason.ADVANCE_NOT_EARNED,
+                              f"its settlement {grant.grant_id} was {why}")
 
     def _reverse_advances(self, enrollment_ref: str, why: str) -> None:
         for grant in self.state.live_grants():

@@ -133,6 +133,35 @@ class CertificateRevoked:
     reason: str
 
 
+@dataclass(frozen=True)
+class EnrollmentFlagged:
+    """An integrity check tripped on the enrollment (POLICY §6): its money is held for review."""
+
+    enrollment_ref: str
+    person_id: str
+    check: str
+    flagged_on: date
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HoldReviewed:
+    """A reviewer's decision on a held grant (EVENTS.md §5.4), a fact like any other."""
+
+    grant_id: str
+    person_id: str
+    agency: str
+    decision: str  # release | deny
+    reviewer: str
+    note: str
+    reviewed_at: str  # RFC 3339
+    review_id: str
+
+    @property
+    def reviewed_on(self) -> date:
+        return datetime.fromisoformat(self.reviewed_at).date()
+
+
 Fact = (
     EnrollmentAccepted
     | TrainingCompleted
@@ -141,6 +170,8 @@ Fact = (
     | AssessmentResult
     | CertificateIssued
     | CertificateRevoked
+    | EnrollmentFlagged
+    | HoldReviewed
 )
 
 IGNORED_TYPES = frozenset({ENROLLMENT + "EnrollmentRejected.v1"})
@@ -325,6 +356,34 @@ def _revoked(data: dict[str, Any], agency: str, time: str) -> CertificateRevoked
     )
 
 
+def _flagged(data: dict[str, Any], agency: str, time: str) -> EnrollmentFlagged:
+    return EnrollmentFlagged(
+        enrollment_ref=_str(data["enrollment_ref"]),
+        person_id=_str(data["person_id"]),
+        check=_str(data["check"]),
+        flagged_on=_date(data["flagged_on"]),
+        detail=_str(data.get("detail") or ""),
+    )
+
+
+def _reviewed(data: dict[str, Any], agency: str, time: str) -> HoldReviewed:
+    decision = _str(data["decision"])
+    if decision not in ("release", "deny"):
+        raise ValueError(f"decision must be release or deny, got {decision!r}")
+    reviewed_at = _str(data["reviewed_at"])
+    datetime.fromisoformat(reviewed_at)
+    return HoldReviewed(
+        grant_id=_str(data["grant_id"]),
+        person_id=_str(data["person_id"]),
+        agency=_str(data["agency"]),
+        decision=decision,
+        reviewer=_str(data["reviewer"]),
+        note=_str(data.get("note") or ""),
+        reviewed_at=reviewed_at,
+        review_id=_str(data.get("review_id") or ""),
+    )
+
+
 _BUILDERS: dict[str, Builder] = {
     ENROLLMENT + "EnrollmentAccepted.v1": _accepted,
     ENROLLMENT + "TrainingCompleted.v1": _completed,
@@ -334,4 +393,6 @@ _BUILDERS: dict[str, Builder] = {
     ASSESSMENT + "AssessmentFailed.v1": _assessment(False),
     ASSESSMENT + "CertificateIssued.v1": _issued,
     ASSESSMENT + "CertificateRevoked.v1": _revoked,
+    ENROLLMENT + "EnrollmentFlagged.v1": _flagged,
+    "skills.subsidy.HoldReviewed.v1": _reviewed,
 }

@@ -5,6 +5,7 @@ each fact in order through the pure engine (services.subsidy.domain) with the fu
 reads locked (services.subsidy.budgets), then write the states, the decision ledger, the fund
 years and the outgoing events with bulk statements. The
 engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
+Reviews of held grants (skills.subsidy.reviews) are facts like the others (POLICY §6).
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
-from services.subsidy import budgets, metrics
+from services.subsidy import budgets, holds, metrics
 from services.subsidy.config import SubsidySettings
 from services.subsidy.domain import decide
-from services.subsidy.facts import Fact, FactError, fact_from_event
-from services.subsidy.outputs import Output, SubsidyGranted, SubsidyRejected, SubsidyReversed
+from services.subsidy.facts import Fact, FactError, HoldReviewed, fact_from_event
+from services.subsidy.outputs import (
+    Output,
+    SubsidyGranted,
+    SubsidyHeld,
+    SubsidyRejected,
+    SubsidyReversed,
+)
 from services.subsidy.policy import PolicySet
 from services.subsidy.state import BudgetLedger, PersonState, pending_items
 
@@ -47,6 +54,13 @@ def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str
         return (output.event_id, "granted", output.person_id, output.agency, output.rule,
                 output.stage.value, None, output.amount_fen, output.fund, output.payee_kind,
                 output.grant_id, decided_on, payload)
+    if isinstance(output, SubsidyHeld):
+        # Nothing is paid on a hold: the ledger row carries no money (the payload has it).
+        grant = output.grant
+        funds[grant.grant_id] = (grant.fund, grant.payee_kind)
+        return (output.event_id, "held", grant.person_id, grant.agency, grant.rule,
+                grant.stage.value, None, 0, grant.fund, grant.payee_kind, grant.grant_id,
+                decided_on, payload)
     if isinstance(output, SubsidyRejected):
         return (output.event_id, "rejected", output.person_id, output.agency, output.rule, None,
                 output.reason.value, 0, None, None, None, decided_on, payload)
@@ -62,6 +76,8 @@ def count(output: Output) -> None:
     if isinstance(output, SubsidyGranted):
         metrics.GRANTS.labels(output.agency, output.rule, output.fund).inc()
         metrics.GRANTED_FEN.labels(output.agency, output.rule, output.fund).inc(output.amount_fen)
+    elif isinstance(output, SubsidyHeld):
+        metrics.HOLDS.labels(output.agency, output.grant.rule, output.grant.fund).inc()
     elif isinstance(output, SubsidyRejected):
         metrics.REJECTIONS.labels(output.agency, output.reason.value).inc()
     elif isinstance(output, SubsidyReversed):
@@ -95,6 +111,12 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         facts: list[tuple[Incoming, Fact | None]] = []
         for item in items:
             event = item.event
+            if event.type == holds.REVIEWED and event.source != holds.REVIEW_SOURCE:
+                # Only the service's own review API decides holds (EVENTS.md §5.4).
+                out.dead_letter(item.record, "untrusted_review",
+                                f"HoldReviewed from {event.source[:100]}, not {holds.REVIEW_SOURCE}",
+                                event.key)
+                continue
             try:
                 facts.append((item, fact_from_event(event.type, ev.dump(event.data),
                                                     event.agencyid, event.time.isoformat())))
@@ -118,8 +140,16 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
         (touched, decided), ledger, start = await budgets.decide_with_budgets(conn, budgeted, run)
         rows: list[tuple] = []
         funds: dict[str, tuple[str, str]] = {}
+        hold_outputs: list[Output] = []
+        released: list[str] = []
+        reviews: list[HoldReviewed] = []
+        facts_of = {id(item): fact for item, fact in facts}
         for item, output in decided:
             event = item.event
+            fact = facts_of[id(item)]
+            hold_outputs.append(output)
+            if isinstance(fact, HoldReviewed) and isinstance(output, SubsidyGranted):
+                released.append(output.grant_id)
             data = output.to_payload()
             out.publish_json(
                 topics.SUBSIDY_EVENTS, output.event_type, data,
@@ -130,6 +160,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             if row is not None:
                 rows.append(row)
             count(output)
+        reviews += [f for _, f in facts if isinstance(f, HoldReviewed)]
         await _resolve_reversed_funds(conn, rows, funds)
         if touched:
             await conn.execute(
@@ -142,6 +173,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             )
         if rows:
             await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
+        await holds.record(conn, hold_outputs, released, reviews)
         changed = await budgets.store(conn, ledger, start)
         if changed.funds:
             publish_budget_gauges(changed, policies)

@@ -1,4 +1,5 @@
-"""Business metrics of the subsidy service: money granted, rejections, reversals, budgets, pending items."""
+"""Business metrics of the subsidy service: money granted, rejections, reversals, budgets, pending
+items, and grants held for integrity review."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from shared.runtime.settings import ServiceSettings
 
 GRANTS = Counter("subsidy_grants_total", "Grants published", ["agency", "rule", "fund"])
 GRANTED_FEN = Counter("subsidy_granted_fen_total", "Money granted, in fen", ["agency", "rule", "fund"])
+HOLDS = Counter("subsidy_holds_total", "SubsidyHeld events published (POLICY §6)",
+                ["agency", "rule", "fund"])
 REJECTIONS = Counter("subsidy_rejections_total", "Rejections published", ["agency", "reason"])
 REVERSALS = Counter("subsidy_reversals_total", "Reversals published", ["agency", "reason"])
 REVERSED_FEN = Counter("subsidy_reversed_fen_total", "Money taken back, in fen", ["agency", "reason"])
@@ -66,6 +69,45 @@ async def refresh_pending_items(
         counts = {r["kind"]: int(r["n"]) for r in await conn.fetch(PENDING_SQL)}
     for kind in PendingKind:
         PENDING_ITEMS.labels(kind.value).set(counts.get(kind.value, 0))
+
+
+HOLDS_OPEN = Gauge(
+    "subsidy_holds_open", "Grants held for integrity review and not reviewed yet (POLICY §6), "
+    "by agency; refreshed by refresh_holds", ["agency"],
+)
+HOLD_OLDEST_AGE = Gauge(
+    "subsidy_hold_oldest_age_seconds", "Age of the agency's oldest open hold (0 when none), "
+    "refreshed by refresh_holds", ["agency"],
+)
+HELD_FEN = Gauge(
+    "subsidy_held_fen", "Money held for review (committed against the budget, not paid), in "
+    "fen, by agency; refreshed by refresh_holds", ["agency"],
+)
+HOLDS_SQL = """
+SELECT agency, count(*) AS n, sum(amount_fen)::bigint AS fen,
+       extract(epoch FROM now() - min(held_at))::float8 AS age
+FROM hold WHERE status = 'open' GROUP BY agency
+"""
+HOLDS_REFRESH_SECONDS = 5.0
+_last_holds_refresh = [float("-inf")]
+
+
+async def refresh_holds(pool: asyncpg.Pool, settings: ServiceSettings, cutoff: dt.datetime) -> None:
+    """A service sweep: open holds, the oldest one's age and the money held, at most every 5 s,
+    from the ``hold`` table's open rows (a partial index). Every configured agency is exported,
+    at 0 when it holds nothing, so the alert on old holds also sees them end."""
+    now = time.monotonic()
+    if now - _last_holds_refresh[0] < HOLDS_REFRESH_SECONDS:
+        return
+    _last_holds_refresh[0] = now
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(HOLDS_SQL)
+    found = {r["agency"]: r for r in rows}
+    for agency in sorted(set(settings.agencies) | set(found)):
+        row = found.get(agency)
+        HOLDS_OPEN.labels(agency).set(int(row["n"]) if row else 0)
+        HOLD_OLDEST_AGE.labels(agency).set(float(row["age"]) if row else 0.0)
+        HELD_FEN.labels(agency).set(int(row["fen"]) if row else 0)
 
 
 class BudgetTotals(Collector):

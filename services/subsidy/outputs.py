@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, ClassVar
 
 from shared.contract.vocabulary import RejectionReason, ReversalReason, SubsidyStage
@@ -110,13 +111,17 @@ class SubsidyRejected:
     reason: RejectionReason
     explanation: str
     policy: PolicyRef
+    # The held grant an integrity_denied / hold_voided rejection ends (POLICY §6), else None.
+    grant_id: str | None = None
     event_type: ClassVar[str] = SUBSIDY + "SubsidyRejected.v1"
 
     @property
     def event_id(self) -> str:
-        return "r_" + digest(
-            self.person_id, self.agency, self.rule, self.basis.to_payload(), self.reason.value
-        )[:24]
+        parts: tuple[Any, ...] = (self.person_id, self.agency, self.rule, self.basis.to_payload(),
+                                  self.reason.value)
+        if self.grant_id is not None:
+            parts += (self.grant_id,)
+        return "r_" + digest(*parts)[:24]
 
     @property
     def key(self) -> str:
@@ -132,6 +137,7 @@ class SubsidyRejected:
             "reason": self.reason.value,
             "explanation": self.explanation,
             "policy": self.policy.to_payload(),
+            **({"grant_id": self.grant_id} if self.grant_id is not None else {}),
         }
 
 
@@ -163,6 +169,38 @@ class SubsidyReversed:
             "reason": self.reason.value,
             "explanation": self.explanation,
             "rule": self.rule,
+        }
+
+
+@dataclass(frozen=True)
+class SubsidyHeld:
+    """The SubsidyGranted a decision would have published, held for review because it rests on
+    a flagged enrollment (POLICY §6): the same fields and grant_id, plus the hold. Its own
+    event id (the grant_id is the id of the SubsidyGranted a release publishes)."""
+
+    grant: SubsidyGranted
+    checks: tuple[str, ...]
+    enrollment_ref: str
+    held_on: date
+    event_type: ClassVar[str] = SUBSIDY + "SubsidyHeld.v1"
+
+    @property
+    def event_id(self) -> str:
+        return "h_" + digest(self.grant.grant_id, "held")[:24]
+
+    @property
+    def key(self) -> str:
+        return self.grant.person_id
+
+    @property
+    def agency(self) -> str:
+        return self.grant.agency
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            **self.grant.to_payload(),
+            "hold": {"checks": list(self.checks), "enrollment_ref": self.enrollment_ref,
+                     "held_on": self.held_on.isoformat()},
         }
 
 
@@ -201,4 +239,4 @@ class BudgetThresholdReached:
         }
 
 
-Output = SubsidyGranted | SubsidyRejected | SubsidyReversed | BudgetThresholdReached
+Output = SubsidyGranted | SubsidyHeld | SubsidyRejected | SubsidyReversed | BudgetThresholdReached

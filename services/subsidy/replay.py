@@ -57,7 +57,7 @@ def unlogged(state: PersonState) -> bool:
     engine kept the log, or damaged): replaying it would forget them, so what-if runs and
     corrections refuse it. Every enrollment needs its acceptance, its closing (completion or
     withdrawal) and each of its months; every certificate its issue and, when revoked, its
-    revocation; every waiting revocation itself."""
+    revocation; every waiting revocation itself; every integrity flag."""
     logged = {(entry[0], entry[1]) for entry in state.fact_log}
     months = {(entry[1], entry[2]) for entry in state.fact_log if entry[0] == "m"}
     closing = {EnrollmentStatus.COMPLETED: "c", EnrollmentStatus.WITHDRAWN: "w"}
@@ -71,6 +71,8 @@ def unlogged(state: PersonState) -> bool:
                 certificate.status is CertificateStatus.REVOKED
                 and ("r", certificate_id) not in logged):
             return True
+    if any(("g", ref) not in logged for ref in state.flags):
+        return True
     return any(("r", ref) not in logged for ref in state.pending_revocations)
 
 
@@ -119,7 +121,8 @@ class GrantChange:
 
 
 def _net(grant: Grant | None) -> int:
-    return grant.event.amount_fen if grant is not None and grant.live else 0
+    """Money paid on a grant: none while it is held for review (POLICY §6)."""
+    return grant.event.amount_fen if grant is not None and grant.paid else 0
 
 
 def compare(recorded: PersonState, replayed: PersonState) -> list[GrantChange]:

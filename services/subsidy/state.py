@@ -23,8 +23,10 @@ from .facts import (
     CertificateIssued,
     CertificateRevoked,
     EnrollmentAccepted,
+    EnrollmentFlagged,
     EnrollmentWithdrawn,
     Fact,
+    HoldReviewed,
     TrainingCompleted,
     WorkMonthAccepted,
 )
@@ -135,9 +137,41 @@ class Certificate:
     status: CertificateStatus = CertificateStatus.PENDING
 
 
+class HoldStatus(StrEnum):
+    OPEN = "open"  # waiting for a reviewer
+    RELEASED = "released"  # published as SubsidyGranted
+    DENIED = "denied"  # SubsidyRejected(integrity_denied)
+    VOIDED = "voided"  # SubsidyRejected(hold_voided): what would have reversed it ended it
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a grant is held (POLICY §6) and how its review ended."""
+
+    checks: tuple[str, ...]
+    enrollment_ref: str
+    held_on: date
+    status: HoldStatus = HoldStatus.OPEN
+    review_id: str | None = None
+    reviewer: str | None = None
+    reviewed_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """An integrity check tripped on one of the person's enrollments (EnrollmentFlagged)."""
+
+    check: str
+    flagged_on: date
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class Grant:
-    """A grant and what it holds: its annual-limit year, its occupation slot, its fund year."""
+    """A grant and what it holds: its annual-limit year, its occupation slot, its fund year.
+
+    A held grant (``hold`` open) holds all of them exactly as a paid one, but nothing is paid
+    until a reviewer releases it; denied or voided it is no longer live."""
 
     event: SubsidyGranted
     basis_date: date
@@ -146,10 +180,20 @@ class Grant:
     employer_id: str | None
     base_grant_id: str | None
     live: bool = True
+    hold: Hold | None = None
 
     @property
     def grant_id(self) -> str:
         return self.event.grant_id
+
+    @property
+    def held(self) -> bool:
+        """Waiting for review: live, counted, not paid."""
+        return self.live and self.hold is not None and self.hold.status is HoldStatus.OPEN
+
+    @property
+    def paid(self) -> bool:
+        return self.live and (self.hold is None or self.hold.status is HoldStatus.RELEASED)
 
 
 @dataclass
@@ -166,6 +210,8 @@ class PersonState:
     fact_log: list[list[Any]] = field(default_factory=list)
     # Correction events published by `services.subsidy.corrections`, as their payloads.
     corrections: list[dict[str, Any]] = field(default_factory=list)
+    # Integrity flags by enrollment (POLICY §6): decisions resting on one are held.
+    flags: dict[str, list[Flag]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, person_id: str) -> PersonState:
@@ -193,6 +239,12 @@ class PersonState:
 
     def live_grants(self) -> list[Grant]:
         return [g for g in self.grant_log if g.live]
+
+    def held_grants(self) -> list[Grant]:
+        return [g for g in self.grant_log if g.held]
+
+    def find_grant(self, grant_id: str) -> Grant | None:
+        return next((g for g in self.grant_log if g.grant_id == grant_id), None)
 
     def grant(self, grant_id: str) -> Grant:
         """The current record of a grant (snapshots taken before a cascade may be stale)."""
@@ -243,6 +295,11 @@ class PersonState:
             return self.certificates[ref].issued
         if code == "r":
             return CertificateRevoked(ref, self.person_id, date.fromisoformat(entry[2]), entry[3])
+        if code == "g":
+            return EnrollmentFlagged(ref, self.person_id, entry[2], date.fromisoformat(entry[3]),
+                                     entry[4])
+        if code == "h":
+            return HoldReviewed(ref, self.person_id, *entry[2:])
         raise ValueError(f"unknown fact log entry {entry!r}")
 
 
@@ -260,6 +317,11 @@ def _compact(fact: Fact) -> list[Any]:
                 fact.certificate_kind, fact.assessed_on.isoformat()]
     if isinstance(fact, CertificateIssued):
         return ["i", fact.certificate_id]
+    if isinstance(fact, EnrollmentFlagged):
+        return ["g", fact.enrollment_ref, fact.check, fact.flagged_on.isoformat(), fact.detail]
+    if isinstance(fact, HoldReviewed):
+        return ["h", fact.grant_id, fact.agency, fact.decision, fact.reviewer, fact.note,
+                fact.reviewed_at, fact.review_id]
     return ["r", fact.certificate_id, fact.revoked_on.isoformat(), fact.reason]
 
 

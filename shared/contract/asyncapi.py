@@ -25,11 +25,13 @@ CONSUMED_BY = {
     topics.ASSESSMENT_UPSTREAM: "assessment service",
     topics.ENROLLMENT_EVENTS: "assessment and subsidy services",
     topics.ASSESSMENT_EVENTS: "subsidy service",
+    topics.SUBSIDY_REVIEWS: "subsidy service (its own command topic)",
 }
 PUBLISHED_BY = {
     topics.ENROLLMENT_EVENTS: "enrollment service",
     topics.ASSESSMENT_EVENTS: "assessment service",
     topics.SUBSIDY_EVENTS: "subsidy service",
+    topics.SUBSIDY_REVIEWS: "subsidy service's review API",
 }
 ENVELOPE = (
     "Every record value is a CloudEvents 1.0 structured-mode JSON object (content-type "

@@ -15,10 +15,12 @@ from shared.contract.vocabulary import (  # re-exported: the models' field types
     LEVELLED_KINDS,
     Category,
     CertificateKind,
+    IntegrityCheck,
     Level,
     PayeeKind,
     RejectionReason,
     ReversalReason,
+    ReviewDecision,
     Sector,
     SubsidyStage,
     TrainingType,
@@ -193,6 +195,16 @@ class WorkTrainingMonthAccepted(Payload):
     month_index: Annotated[int, Field(ge=1)]
 
 
+class EnrollmentFlagged(Payload):
+    """An integrity signal (POLICY.md §6): at most one per enrollment and check."""
+
+    enrollment_ref: Ref
+    person_id: PersonId
+    check: IntegrityCheck
+    detail: str = ""  # no personal data
+    flagged_on: dt.date  # the date of the attendance that tripped the check
+
+
 # ---- output: skills.assessment.events -----------------------------------------------------
 
 
@@ -290,6 +302,7 @@ class SubsidyRejected(Payload):
     reason: RejectionReason
     explanation: str
     policy: PolicyRef | None = None  # additive
+    grant_id: str | None = None  # additive: the held grant an integrity_denied / hold_voided ends
 
 
 class SubsidyReversed(Payload):
@@ -303,6 +316,19 @@ class SubsidyReversed(Payload):
     correction: PolicyCorrection | None = None  # additive
 
 
+class Hold(Payload):
+    checks: list[IntegrityCheck]
+    enrollment_ref: Ref
+    held_on: dt.date
+
+
+class SubsidyHeld(SubsidyGranted):
+    """Every field of the SubsidyGranted it would have been, same grant_id, plus ``hold``
+    (POLICY.md §6). Nothing is paid on a hold."""
+
+    hold: Hold
+
+
 class BudgetThresholdReached(Payload):
     agency: str
     fund: str
@@ -310,6 +336,22 @@ class BudgetThresholdReached(Payload):
     budget_fen: Fen
     committed_fen: Fen
     threshold: float  # a ratio (0.8, 0.9, 1.0), not money
+
+
+# ---- the subsidy service's command topic: skills.subsidy.reviews ---------------------------
+
+
+class HoldReviewed(Payload):
+    """A reviewer's decision on a held grant (EVENTS.md §5.4), source /services/subsidy/reviews."""
+
+    grant_id: str
+    person_id: PersonId
+    agency: str
+    decision: ReviewDecision
+    reviewer: Annotated[str, StringConstraints(min_length=1, max_length=100)]  # the token's name
+    note: Annotated[str, StringConstraints(max_length=2000)] = ""
+    reviewed_at: dt.datetime
+    review_id: str | None = None  # additive: the CloudEvents id the API answered with
 
 
 # ---- the registry: topic -> CloudEvents type -> payload model ---------------------------
@@ -334,6 +376,7 @@ TOPIC_TYPES: dict[str, dict[str, type[Payload]]] = {
         "skills.enrollment.TrainingCompleted.v1": TrainingCompleted,
         "skills.enrollment.EnrollmentWithdrawn.v1": EnrollmentWithdrawn,
         "skills.enrollment.WorkTrainingMonthAccepted.v1": WorkTrainingMonthAccepted,
+        "skills.enrollment.EnrollmentFlagged.v1": EnrollmentFlagged,
     },
     "skills.assessment.events": {
         "skills.assessment.AssessmentPassed.v1": AssessmentPassed,
@@ -346,6 +389,10 @@ TOPIC_TYPES: dict[str, dict[str, type[Payload]]] = {
         "skills.subsidy.SubsidyRejected.v1": SubsidyRejected,
         "skills.subsidy.SubsidyReversed.v1": SubsidyReversed,
         "skills.subsidy.BudgetThresholdReached.v1": BudgetThresholdReached,
+        "skills.subsidy.SubsidyHeld.v1": SubsidyHeld,
+    },
+    "skills.subsidy.reviews": {
+        "skills.subsidy.HoldReviewed.v1": HoldReviewed,
     },
 }
 

@@ -7,6 +7,9 @@ ASSESSMENT_UPSTREAM = "skills.assessment.upstream"
 ENROLLMENT_EVENTS = "skills.enrollment.events"
 ASSESSMENT_EVENTS = "skills.assessment.events"
 SUBSIDY_EVENTS = "skills.subsidy.events"
+# The subsidy service's own command topic (EVENTS.md §5.4): reviews of held grants, keyed by
+# person_id, written by its API through the outbox and consumed by its handler.
+SUBSIDY_REVIEWS = "skills.subsidy.reviews"
 
 
 def dlq(service: str) -> str:
@@ -20,6 +23,7 @@ ALL_TOPICS = (
     ENROLLMENT_EVENTS,
     ASSESSMENT_EVENTS,
     SUBSIDY_EVENTS,
+    SUBSIDY_REVIEWS,
     dlq("enrollment"),
     dlq("assessment"),
     dlq("subsidy"),

@@ -99,6 +99,23 @@ class RejectionReason(StrEnum):
     NOT_STACKABLE = "not_stackable"
     ANNUAL_LIMIT = "annual_limit"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    # POLICY.md §6: the end of a hold (SubsidyHeld), not checks of a decision
+    INTEGRITY_DENIED = "integrity_denied"  # a reviewer denied the held grant
+    HOLD_VOIDED = "hold_voided"  # what would have reversed the grant ended its hold
+
+
+class IntegrityCheck(StrEnum):
+    """The enrollment service's integrity checks (POLICY.md §6, EVENTS.md §5.1)."""
+
+    DAILY_HOURS_EXCEEDED = "daily_hours_exceeded"
+    FAR_OUTSIDE_PLAN = "far_outside_plan"
+
+
+class ReviewDecision(StrEnum):
+    """What a reviewer decides about a held grant (EVENTS.md §5.4)."""
+
+    RELEASE = "release"
+    DENY = "deny"
 
 
 class ReversalReason(StrEnum):

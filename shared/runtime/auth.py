@@ -1,12 +1,15 @@
 """Bearer-token authentication and agency scoping for the services' query APIs (docs/SECURITY.md).
 
 Tokens are configured hashed (``sha256:<hex>``) in ``API_TOKENS``, each naming a role: an
-``agency`` token reads that agency's data only, an ``auditor`` token reads every agency's.
+``agency`` token reads that agency's data only, a ``reviewer`` token reads it too and decides
+its held grants (POLICY.md §6), an ``auditor`` token reads every agency's and decides nothing.
+An entry may carry a ``name`` (no personal data) recorded with every review and audited read.
 A request without a valid token gets 401; a route refuses a principal with :class:`Forbidden`
 (403). Health, readiness, metrics and public certificate verification need no token.
 
     python -m shared.runtime.auth hash-token <token>        # or "-" to read it from stdin
     python -m shared.runtime.auth new-token --agency suqian # a fresh token and its table entry
+    python -m shared.runtime.auth new-token --agency suqian --reviewer --name suqian-clerk-1
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 import secrets
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +32,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-Role = Literal["agency", "auditor"]
-ROLES: tuple[Role, ...] = ("agency", "auditor")
+Role = Literal["agency", "reviewer", "auditor"]
+ROLES: tuple[Role, ...] = ("agency", "reviewer", "auditor")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Operators' endpoints (reached from the operators' network, carrying no personal data) and
 # public certificate verification, which anyone holding a certificate id may use.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-PUBLIC_PREFIXES = ("/certificates/",)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console"})
+# The subsidy service's review console signs in with a token and authenticates its pages by its
+# own session cookie (services/subsidy/console.py), not by a bearer header.
+PUBLIC_PREFIXES = ("/certificates/", "/console/")
 
 
 class TokenConfigError(ValueError):
@@ -52,14 +58,21 @@ class Forbidden(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is asking: an agency's staff (one agency) or an auditor (every agency)."""
+    """Who is asking: an agency's staff or reviewer (one agency) or an auditor (every agency)."""
 
     role: Role
     agency: str | None = None
+    # The token's name (API_TOKENS), or a prefix of its hash: who, not what they may do.
+    name: str = field(default="anonymous", compare=False)
 
     @property
     def auditor(self) -> bool:
         return self.role == "auditor"
+
+    def may_review(self, agency: str | None) -> bool:
+        """Whether this principal may release or deny ``agency``'s held grants: its reviewers
+        only (auditors and plain agency tokens read, never decide)."""
+        return self.role == "reviewer" and agency is not None and agency == self.agency
 
     def sees(self, agency: str | None) -> bool:
         """Whether this principal may read data owned by ``agency``."""
@@ -67,7 +80,7 @@ class Principal:
 
 
 # Development mode without tokens: every request reads as an auditor (a loud warning at start).
-OPEN = Principal("auditor")
+OPEN = Principal("auditor", name="development")
 
 
 def hash_token(token: str) -> str:
@@ -131,15 +144,20 @@ def _principal(index: int, key: str, entry: Any, agencies: set[str]) -> Principa
         raise TokenConfigError(f"API_TOKENS entry {shown}: role must be one of {ROLES}")
     role: Role = entry["role"]
     agency = entry.get("agency")
-    if role == "agency":
+    name = entry.get("name", f"token-{key[7:19]}")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise TokenConfigError(
+            f"API_TOKENS entry {shown}: name must be 1-64 of A-Z a-z 0-9 . _ : - (no personal data)"
+        )
+    if role in ("agency", "reviewer"):
         if agency not in agencies:
             raise TokenConfigError(
-                f"API_TOKENS entry {shown}: an agency token needs an agency of {sorted(agencies)}"
+                f"API_TOKENS entry {shown}: an {role} token needs an agency of {sorted(agencies)}"
             )
-        return Principal("agency", agency)
+        return Principal(role, agency, name)
     if agency is not None:
         raise TokenConfigError(f"API_TOKENS entry {shown}: an auditor token names no agency")
-    return Principal("auditor")
+    return Principal("auditor", name=name)
 
 
 def token_table(raw: str, agencies: Iterable[str], *, development: bool) -> TokenTable:
@@ -221,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = new_cmd.add_mutually_exclusive_group(required=True)
     group.add_argument("--agency")
     group.add_argument("--auditor", action="store_true")
+    new_cmd.add_argument("--reviewer", action="store_true",
+                         help="with --agency: the agency's reviewer (releases or denies holds)")
+    new_cmd.add_argument("--name", help="recorded with reviews and audited reads; no personal data")
     args = parser.parse_args(argv)
     if args.command == "hash-token":
         token = sys.stdin.readline().strip() if args.token == "-" else args.token
@@ -229,7 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(hash_token(token))
         return 0
     token = secrets.token_urlsafe(32)
-    entry = {"role": "auditor"} if args.auditor else {"role": "agency", "agency": args.agency}
+    if args.reviewer and not args.agency:
+        parser.error("--reviewer needs --agency")
+    entry: dict[str, str] = ({"role": "auditor"} if args.auditor else
+                             {"role": "reviewer" if args.reviewer else "agency", "agency": args.agency})
+    if args.name:
+        if not NAME_PATTERN.match(args.name):
+            parser.error("--name: 1-64 of A-Z a-z 0-9 . _ : -")
+        entry["name"] = args.name
     print(f"token (give to the client, store nowhere else): {token}")
     print(f"API_TOKENS entry: {orjson.dumps({hash_token(token): entry}).decode()}")
     return 0

@@ -119,3 +119,20 @@ async def test_the_demo_html_report_renders_every_agency_its_totals_and_charts_i
         for reason in tally.rejections:
             assert f">{reason}</text>" in body
     assert re.search(r'<section id="throughput">.*?<svg.*?<rect', dom, re.S)
+
+
+async def test_the_demo_holds_the_money_of_its_integrity_cases_and_says_where_to_review_it(demo_run) -> None:
+    """Each agency's two trainees who trip the integrity checks (POLICY.md §6) have money held;
+    the terminal and the HTML show the holds, and the run names the review console."""
+    report, path, terminal, subsidy = demo_run
+    page = path.read_text(encoding="utf-8")
+    for agency in DEFAULT_AGENCIES:
+        tally = report.tally.agencies[agency]
+        assert tally.holds.count >= 2, agency  # both integrity trainees' money at least
+        assert {"daily_hours_exceeded", "far_outside_plan"} <= set(tally.held_checks), agency
+        open_holds = sum(subsidy.get(f"/agencies/{agency}/summary?year={year}")["holds_open"]
+                         for year in range(YEAR - 1, YEAR + 3))
+        assert open_holds == tally.holds.count, agency  # nobody reviewed them during the run
+        assert f"{tally.holds.count:,} · {cny(tally.holds.fen)}</b>held for review" in page, agency
+    assert terminal.count("held for integrity review: ") == len(DEFAULT_AGENCIES)
+    assert f"Review console: http://127.0.0.1:{subsidy.port}/console/" in terminal

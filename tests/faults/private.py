@@ -42,7 +42,7 @@ SERVICES = ("enrollment", "assessment", "subsidy")
 INPUTS = {
     "enrollment": (topics.TRAINING_UPSTREAM,),
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
-    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS),
+    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
 }
 OUTPUT = {
     "enrollment": topics.ENROLLMENT_EVENTS,
@@ -51,7 +51,7 @@ OUTPUT = {
 }
 # Columns that record when, not what: left out when comparing stored state.
 CLOCK_COLUMNS = {"received_at", "first_seen", "updated_at", "loaded_at", "at", "created_at",
-                 "applied_at", "seq"}
+                 "applied_at", "seq", "held_at", "ended_at", "expires_at"}
 ENCRYPTED_COLUMNS = {"national_id_enc", "name_enc"}  # Fernet: new ciphertext every time
 
 

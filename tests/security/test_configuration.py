@@ -201,3 +201,32 @@ async def test_the_host_answers_401_403_and_200_by_token_and_agency() -> None:
                                  "/certificates/" + "x" * 5000])
 async def test_urls_with_control_characters_or_kilobytes_are_refused_before_any_route(url) -> None:
     assert (await app_with("").get(url)).status_code == 400
+
+
+def test_a_reviewer_token_reads_its_agency_and_reviews_only_its_holds_and_carries_its_name(capsys) -> None:
+    assert auth.main(["new-token", "--agency", "suqian", "--reviewer", "--name", "suqian-clerk-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    token, entry = lines[0].rsplit(" ", 1)[1], lines[1].split(": ", 1)[1]
+    table = auth.token_table(entry, AGENCIES, development=False)
+    reviewer = table.resolve(f"Bearer {token}")
+    assert reviewer == auth.Principal("reviewer", "suqian") and reviewer.name == "suqian-clerk-1"
+    assert reviewer.sees("suqian") and not reviewer.sees("beijing")
+    assert reviewer.may_review("suqian") and not reviewer.may_review("beijing")
+    others = auth.token_table(table_json(a={"role": "agency", "agency": "suqian"},
+                                         b={"role": "auditor", "name": "audit-office"}),
+                              AGENCIES, development=False)
+    staff, auditor = others.resolve("Bearer a"), others.resolve("Bearer b")
+    assert staff is not None and auditor is not None
+    assert not staff.may_review("suqian") and not auditor.may_review("suqian")  # read only
+    assert auditor.name == "audit-office" and staff.name.startswith("token-")
+
+
+@pytest.mark.parametrize("entry", [
+    {"role": "reviewer"},  # a reviewer needs an agency
+    {"role": "reviewer", "agency": "atlantis"},
+    {"role": "reviewer", "agency": "suqian", "name": "张三"},  # names carry no personal data
+    {"role": "agency", "agency": "suqian", "name": ""},
+])
+def test_a_bad_reviewer_entry_refuses_to_start(entry: dict) -> None:
+    with pytest.raises(auth.TokenConfigError):
+        auth.token_table(table_json(t=entry), AGENCIES, development=False)

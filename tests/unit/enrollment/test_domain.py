@@ -73,3 +73,23 @@ def test_the_shipped_catalogues_are_open_for_the_four_default_agencies() -> None
     catalogues = domain.Catalogues.load(Path("services/enrollment/catalogues"))
     for agency in ("city-a", "suqian", "baoshan", "beijing"):
         assert catalogues.of(agency).refusal("INST-ANY", "C-ANY") is None
+
+
+@pytest.mark.parametrize(("day", "flagged"), [
+    (D(2026, 1, 30), False),  # 30 days before the planned start 2026-03-01: within
+    (D(2026, 1, 29), True),   # 31 days before
+    (D(2026, 4, 19), False),  # 30 days after the planned end 2026-03-20
+    (D(2026, 4, 20), True),   # 31 days after
+    (D(2026, 3, 10), False),
+])
+def test_attendance_is_far_outside_the_plan_only_more_than_30_days_out(day: dt.date, flagged: bool) -> None:
+    assert (domain.outside_plan(enrollment(), day, 30) is not None) is flagged
+
+
+def test_a_day_is_over_the_hours_limit_only_above_12_summed_over_every_enrollment() -> None:
+    day = D(2026, 3, 2)
+    assert domain.over_daily_hours({"B/1": Decimal(7), "A/1": Decimal(5)}, day, Decimal(12)) is None
+    involved, detail = domain.over_daily_hours(
+        {"B/1": Decimal(7), "A/1": Decimal("5.5")}, day, Decimal(12)) or ([], "")
+    assert involved == ["A/1", "B/1"]
+    assert detail == "12.5 hours attended on 2026-03-02 over 2 enrollments (more than 12)"

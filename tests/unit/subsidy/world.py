@@ -13,6 +13,7 @@ from services.subsidy.domain import (
     Output,
     PersonState,
     SubsidyGranted,
+    SubsidyHeld,
     SubsidyRejected,
     SubsidyReversed,
     decide,
@@ -38,6 +39,9 @@ def summary(outputs: list[Output]) -> list[tuple[Any, ...]]:
     for o in outputs:
         if isinstance(o, SubsidyGranted):
             rows.append(("granted", o.rule, o.stage.value, o.amount_fen, o.payee_kind))
+        elif isinstance(o, SubsidyHeld):
+            rows.append(("held", o.grant.rule, o.grant.stage.value, o.grant.amount_fen,
+                         o.grant.payee_kind))
         elif isinstance(o, SubsidyRejected):
             rows.append(("rejected", o.rule, o.reason.value))
         elif isinstance(o, SubsidyReversed):
@@ -159,3 +163,24 @@ class World:
         return self.send(ASM + "CertificateRevoked.v1", {
             "certificate_id": cert_id, "person_id": person, "revoked_on": on,
             "reason": "fraud: attendance falsified"})
+
+    def flag(self, ref: str, *, check: str = "daily_hours_exceeded", on: str = "2026-03-05",
+             person: str = "p_1") -> list[Output]:
+        """An EnrollmentFlagged (POLICY §6), as the enrollment service emits it."""
+        data = self.enrollments.get(ref, {"person_id": person})
+        return self.send(ENR + "EnrollmentFlagged.v1", {
+            "enrollment_ref": ref, "person_id": data["person_id"], "check": check,
+            "detail": "13 hours attended on 2026-03-05 over 2 enrollments (more than 12)",
+            "flagged_on": on})
+
+    def review(self, grant_id: str, decision: str, *, agency: str | None = None,
+               person: str = "p_1", review_id: str | None = None,
+               at: str = "2026-04-01T10:00:00+08:00") -> list[Output]:
+        """A HoldReviewed from skills.subsidy.reviews (EVENTS.md §5.4)."""
+        if agency is None:
+            grant = self.state(person).find_grant(grant_id)
+            agency = grant.event.agency if grant is not None else "suqian"
+        return self.send("skills.subsidy.HoldReviewed.v1", {
+            "grant_id": grant_id, "person_id": person, "agency": agency, "decision": decision,
+            "reviewer": "clerk-1", "note": "checked the sign-in sheets",
+            "reviewed_at": at, "review_id": review_id or f"review-{next(self._ids)}"}, agency)
