@@ -188,14 +188,32 @@ def check(policies: Policies, facts: Facts, subsidy_events: Iterable[Mapping[str
     found = Findings()
     grants: dict[str, Mapping[str, Any]] = {}
     live: dict[str, dict[str, _Live]] = {}  # person -> grant_id -> what it holds
+    on_hold: dict[str, _Live] = {}  # grant_id -> an open hold (counted, not paid)
     for e in subsidy_events:
         kind, d = e["type"].rsplit(".", 2)[-2], e["data"]
         year = dt.datetime.fromisoformat(e["time"]).year if e.get("time") else 0
-        if kind == "SubsidyGranted":
+        if kind == "SubsidyGranted" and d["grant_id"] in on_hold:
+            # A released hold: paid now; it already counted (limit, slot, budget) while held.
+            on_hold.pop(d["grant_id"])
+            grants[d["grant_id"]] = d
+            found.by_decision_year.add(d["agency"], d["fund"], year, d["amount_fen"])
+        elif kind == "SubsidyGranted":
             grants[d["grant_id"]] = d
             holding = _granted(policies, facts, d, live.setdefault(d["person_id"], {}), found)
             found.by_decision_year.add(d["agency"], d["fund"], year, d["amount_fen"])
             found.by_basis_year.add(d["agency"], d["fund"], holding.year, d["amount_fen"])
+        elif kind == "SubsidyHeld":
+            # POLICY §6: a hold counts exactly as the grant would (limit, slot, same project,
+            # budget committed); nothing is paid until a reviewer releases it.
+            holding = _granted(policies, facts, d, live.setdefault(d["person_id"], {}), found)
+            on_hold[d["grant_id"]] = holding
+            found.by_basis_year.add(d["agency"], d["fund"], holding.year, d["amount_fen"])
+        elif kind == "SubsidyRejected" and d.get("grant_id") in on_hold:
+            # integrity_denied or hold_voided: the hold ends and frees what it counted.
+            holding = on_hold.pop(d["grant_id"])
+            live.get(d["person_id"], {}).pop(d["grant_id"], None)
+            found.by_basis_year.add(holding.grant["agency"], holding.grant["fund"], holding.year,
+                                    -holding.grant["amount_fen"])
         elif kind == "SubsidyReversed":
             grant = grants.get(d["grant_id"])
             held = live.get(d["person_id"], {}).pop(d["grant_id"], None)

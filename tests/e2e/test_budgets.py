@@ -145,6 +145,7 @@ class Replayed:
 def replay_budgets(run: Run) -> dict[Key, Replayed]:
     facts = run.facts
     held: dict[str, tuple[Key, int]] = {}
+    on_hold: dict[str, tuple[Key, int]] = {}
     found: dict[Key, Replayed] = {}
     subsidy = sorted((r for r in run.records if r.topic == topics.SUBSIDY_EVENTS), key=lambda r: r.timestamp)
     for _ms, group in itertools.groupby(subsidy, key=lambda r: r.timestamp):
@@ -153,10 +154,18 @@ def replay_budgets(run: Run) -> dict[Key, Replayed]:
         for record in group:
             e = record.event
             d = e["data"]
-            if e["type"].endswith("SubsidyGranted.v1"):
+            if e["type"].endswith(("SubsidyGranted.v1", "SubsidyHeld.v1")):
+                if d["grant_id"] in on_hold:  # a released hold: committed since it was held
+                    held[d["grant_id"]] = on_hold.pop(d["grant_id"])
+                    continue
                 key = (d["agency"], d["fund"], facts.basis_date(d).year)
-                held[d["grant_id"]] = (key, d["amount_fen"])
+                # POLICY §6: a hold commits the budget exactly as the grant would.
+                bag = on_hold if e["type"].endswith("SubsidyHeld.v1") else held
+                bag[d["grant_id"]] = (key, d["amount_fen"])
                 granted[key] += d["amount_fen"]
+            elif e["type"].endswith("SubsidyRejected.v1") and d.get("grant_id") in on_hold:
+                key, fen = on_hold.pop(d["grant_id"])  # denied or voided: the budget is freed
+                released[key] += fen
             elif e["type"].endswith("SubsidyReversed.v1"):
                 key, fen = held.pop(d["grant_id"])
                 assert fen == d["amount_fen"], d

@@ -82,6 +82,26 @@ class World:
             "grant_id": grant_id, "person_id": person, "agency": agency, "amount_fen": fen,
             "reason": "certificate_revoked", "explanation": "", "rule": "r"}, agency, time))
 
+    def hold(self, person: str, agency: str, rule: str, fund: str, fen: int, *, ref: str,
+             cert: str | None = None) -> str:
+        """A SubsidyHeld: every field of the grant it would be, plus the hold (POLICY §6)."""
+        grant_id = self.grant(person, agency, rule, fund, fen, ref=ref, cert=cert)
+        held = self.subsidy[-1]
+        held["type"] = "skills.subsidy.SubsidyHeld.v1"
+        held["data"]["hold"] = {"checks": ["daily_hours_exceeded"], "enrollment_ref": ref,
+                                "held_on": "2026-06-30"}
+        return grant_id
+
+    def release(self, grant_id: str) -> None:
+        held = next(e for e in self.subsidy if e["data"].get("grant_id") == grant_id)
+        data = {k: v for k, v in held["data"].items() if k != "hold"}
+        self.subsidy.append({**held, "type": "skills.subsidy.SubsidyGranted.v1", "data": data})
+
+    def deny(self, person: str, agency: str, rule: str, grant_id: str) -> None:
+        self.subsidy.append(self._event("SubsidyRejected", {
+            "person_id": person, "agency": agency, "subsidy_type": "t", "rule": rule, "basis": {},
+            "reason": "integrity_denied", "explanation": "", "grant_id": grant_id}, agency))
+
     def problems(self) -> list[str]:
         return check(POLICIES, Facts.of(self.facts), self.subsidy).problems
 
@@ -330,3 +350,38 @@ def test_the_budgeted_policy_set_is_the_shipped_one_with_budgets() -> None:
         for key in ("version", "description", "budgets"):
             a.pop(key), b.pop(key)
         assert a == b, f"{theirs} differs from {ours} beyond version, description and budgets"
+
+
+def test_a_hold_counts_toward_the_limit_and_commits_budget_until_released(w: World) -> None:
+    """POLICY §6: a hold counts exactly as the grant would (a 4th counted decision of the year is
+    one too many whether the first three are paid or held); a release pays what was held without
+    counting it twice."""
+    first, *_ = _four_counted_grants(w)  # three live counted grants in 2026
+    w.hold("p7", "beijing", "BJ-HARDENT-NONLEVEL", UI, 50000, ref="R3")
+    (problem,) = w.problems()
+    assert "BJ-HARDENT-NONLEVEL" in problem and "3 live counted grants" in problem
+    w.subsidy.pop()
+    w.reverse("p7", "suqian", first, 30000)  # two remain: the hold is the third
+    held = w.hold("p7", "beijing", "BJ-HARDENT-NONLEVEL", UI, 50000, ref="R3")
+    found = check(POLICIES, Facts.of(w.facts), w.subsidy)
+    assert found.problems == []
+    assert found.by_basis_year.net[("beijing", UI, 2026)] == 50000  # committed while held
+    assert found.by_decision_year.granted[("beijing", UI, 2026)] == 0  # nothing paid
+    w.release(held)
+    found = check(POLICIES, Facts.of(w.facts), w.subsidy)
+    assert found.problems == []
+    assert found.by_basis_year.net[("beijing", UI, 2026)] == 50000  # not counted twice
+    assert found.by_decision_year.granted[("beijing", UI, 2026)] == 50000  # paid on release
+
+
+def test_a_denied_hold_frees_its_budget_and_its_slot(w: World) -> None:
+    w.enrol("p9", "R1", "suqian", "pre_job", employer=EMPLOYER)
+    w.complete("p9", "R1", "suqian", days=5)
+    held = w.hold("p9", "suqian", "SQ-PREJOB", ES, 30000, ref="R1")
+    w.deny("p9", "suqian", "SQ-PREJOB", held)
+    found = check(POLICIES, Facts.of(w.facts), w.subsidy)
+    assert found.problems == [] and found.by_basis_year.net[("suqian", ES, 2026)] == 0
+    w.enrol("p9", "R2", "suqian", "pre_job", employer=EMPLOYER)  # same occupation, pre_job again
+    w.complete("p9", "R2", "suqian", days=5)
+    w.grant("p9", "suqian", "SQ-PREJOB", ES, 30000, ref="R2")
+    assert w.problems() == []
