@@ -206,8 +206,10 @@ def money_problems(subsidy_service: ServiceProcess, facts: list[dict[str, Any]],
     """tools.moneycheck over the published events, then its totals against the query API."""
     policies = moneycheck.Policies.from_dir(ROOT / "services/subsidy/policies")
     found = moneycheck.check(policies, moneycheck.Facts.of(facts), subsidy)
-    grants = [e for e in subsidy if e["type"].endswith("SubsidyGranted.v1")]
-    assert sum(found.amounts_checked.values()) == len(grants) > 0
+    held = {e["data"]["grant_id"] for e in subsidy if e["type"].endswith("SubsidyHeld.v1")}
+    grants = [e for e in subsidy if e["type"].endswith("SubsidyGranted.v1")
+              and e["data"]["grant_id"] not in held]  # a released hold was checked when held
+    assert sum(found.amounts_checked.values()) == len(grants) + len(held) > 0
     assert {"per_day", "per_month", "per_person"} <= set(found.amounts_checked), found.amounts_checked
     assert found.counted_grants > 0 and found.slot_claims > 0
     problems = list(found.problems)
