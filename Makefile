@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status test demo bench stack-up stack-down services-up services-down schemas asyncapi test-faults
+.PHONY: help venv up down status test demo bench bench-quick stack-up stack-down services-up services-down schemas asyncapi test-faults
 
 help:
 	@echo "make up       start Kafka, PostgreSQL and the three services; returns when all are ready"
@@ -12,6 +12,7 @@ help:
 	@echo "make test-faults  only the fault-injection suite (private Kafka and PostgreSQL, ~6 min)"
 	@echo "make demo     run the multi-agency end-to-end flow on the real stack (budgeted policies) and print a report"
 	@echo "make bench    end-to-end benchmark on the real stack (BENCH_ARGS='--persons 5000' for a quick run)"
+	@echo "make bench-quick  the benchmark at 10,000 persons (a few minutes; for every change of the hot path)"
 	@echo "make schemas  regenerate contract/schemas/*.json from the contract models"
 	@echo "make asyncapi write docs/asyncapi.json from the code"
 
@@ -54,6 +55,9 @@ demo: up
 
 bench: stack-up
 	$(PY) -m tools.bench $(BENCH_ARGS)
+
+bench-quick: stack-up
+	$(PY) -m tools.bench --persons 10000 $(BENCH_ARGS)
 
 schemas: venv
 	$(PY) -m shared.contract.schemas write
