@@ -17,8 +17,10 @@ import logging
 import re
 import secrets
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Role = Literal["agency", "auditor"]
 ROLES: tuple[Role, ...] = ("agency", "auditor")
+# Roles that may be granted POST /persons/lookup (national id -> person_id) with
+# "lookup": true in their API_TOKENS entry; every other token is refused it.
+LOOKUP_ROLES: frozenset[str] = frozenset({"agency", "auditor"})
 HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Operators' endpoints (reached from the operators' network, carrying no personal data) and
 # public certificate verification, which anyone holding a certificate id may use.
@@ -56,6 +61,11 @@ class Principal:
 
     role: Role
     agency: str | None = None
+    # Granted POST /persons/lookup ("lookup": true in the token's entry).
+    lookup: bool = field(default=False, compare=False)
+    # The first 16 hex digits of the token's hash: names the token in audit rows and rate
+    # limits, never the token itself.
+    token: str = field(default="open", compare=False)
 
     @property
     def auditor(self) -> bool:
@@ -67,7 +77,7 @@ class Principal:
 
 
 # Development mode without tokens: every request reads as an auditor (a loud warning at start).
-OPEN = Principal("auditor")
+OPEN = Principal("auditor", lookup=True)
 
 
 def hash_token(token: str) -> str:
@@ -92,7 +102,11 @@ class TokenTable:
         if scheme.lower() != "bearer" or not token:
             return None
         # A dictionary look-up by hash: timing reveals at most a prefix of a hash, not a token.
-        return self.principals.get(hash_token(token))
+        key = hash_token(token)
+        found = self.principals.get(key)
+        if found is None:
+            return None
+        return Principal(found.role, found.agency, lookup=found.lookup, token=key[7:23])
 
 
 def parse_tokens(raw: str, agencies: Iterable[str]) -> dict[str, Principal]:
@@ -131,15 +145,21 @@ def _principal(index: int, key: str, entry: Any, agencies: set[str]) -> Principa
         raise TokenConfigError(f"API_TOKENS entry {shown}: role must be one of {ROLES}")
     role: Role = entry["role"]
     agency = entry.get("agency")
+    lookup = entry.get("lookup", False)
+    if not isinstance(lookup, bool) or (lookup and role not in LOOKUP_ROLES):
+        raise TokenConfigError(
+            f"API_TOKENS entry {shown}: \"lookup\" is true or false, and only for roles "
+            f"{sorted(LOOKUP_ROLES)}"
+        )
     if role == "agency":
         if agency not in agencies:
             raise TokenConfigError(
                 f"API_TOKENS entry {shown}: an agency token needs an agency of {sorted(agencies)}"
             )
-        return Principal("agency", agency)
+        return Principal("agency", agency, lookup=lookup)
     if agency is not None:
         raise TokenConfigError(f"API_TOKENS entry {shown}: an auditor token names no agency")
-    return Principal("auditor")
+    return Principal("auditor", lookup=lookup)
 
 
 def token_table(raw: str, agencies: Iterable[str], *, development: bool) -> TokenTable:
@@ -159,14 +179,20 @@ def is_public(path: str) -> bool:
 
 
 class Authenticate:
-    """ASGI middleware: every path not public needs a known bearer token (else 401)."""
+    """ASGI middleware: every path not public needs a known bearer token (else 401).
 
-    def __init__(self, app: ASGIApp, table: TokenTable) -> None:
+    ``protected`` names public paths that need a token all the same (``/metrics`` on the API
+    port outside development)."""
+
+    def __init__(self, app: ASGIApp, table: TokenTable, protected: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.table = table
+        self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] != "http" or (
+            is_public(scope["path"]) and scope["path"] not in self.protected
+        ):
             await self.app(scope, receive, send)
             return
         authorization = next(
@@ -207,6 +233,33 @@ def require_auditor(request: Request) -> Principal:
     return who
 
 
+def require_lookup(request: Request) -> Principal:
+    who = principal(request)
+    if not who.lookup:
+        raise Forbidden("this token is not granted person lookups")
+    return who
+
+
+class RateLimiter:
+    """At most ``per_minute`` calls per key in any sliding minute (one process's count)."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.calls: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> float | None:
+        """None when the call may go ahead (and counts it), else seconds until it could."""
+        now = self.clock()
+        window = self.calls.setdefault(key, deque())
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return max(0.0, window[0] + 60.0 - now)
+        window.append(now)
+        return None
+
+
 async def forbidden(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc, Forbidden) else "forbidden"
     return JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
@@ -221,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = new_cmd.add_mutually_exclusive_group(required=True)
     group.add_argument("--agency")
     group.add_argument("--auditor", action="store_true")
+    new_cmd.add_argument("--lookup", action="store_true",
+                         help="grant POST /persons/lookup (national id -> person_id)")
     args = parser.parse_args(argv)
     if args.command == "hash-token":
         token = sys.stdin.readline().strip() if args.token == "-" else args.token
@@ -229,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(hash_token(token))
         return 0
     token = secrets.token_urlsafe(32)
-    entry = {"role": "auditor"} if args.auditor else {"role": "agency", "agency": args.agency}
+    entry: dict[str, Any] = (
+        {"role": "auditor"} if args.auditor else {"role": "agency", "agency": args.agency}
+    )
+    if args.lookup:
+        entry["lookup"] = True
     print(f"token (give to the client, store nowhere else): {token}")
     print(f"API_TOKENS entry: {orjson.dumps({hash_token(token): entry}).decode()}")
     return 0
