@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from cryptography.fernet import InvalidToken
 
 from shared.contract import topics
 from shared.contract.envelope import encode_raw, headers
@@ -287,7 +288,11 @@ class Collector:
             found = {k: v.decode() for k, v in r.headers}
             value, sealed = r.value, None
             if crypto.KEY_ID_HEADER in found:  # dead letters are sealed: tests read them in clear
-                value, sealed = TEST_KEYRING.open(r.value), r.value
+                sealed = r.value
+                try:
+                    value = TEST_KEYRING.open(r.value)
+                except InvalidToken:  # a test running the services with keys of its own
+                    pass
             self.records.append(Received(
                 r.topic[len(self.prefix):], r.key.decode() if r.key else None, value,
                 found, r.timestamp, r.partition, sealed,
