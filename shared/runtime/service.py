@@ -308,7 +308,7 @@ def metrics_app(runtime: Runtime | None) -> Starlette:
 
 def check_settings(settings: ServiceSettings) -> auth.TokenTable:
     """Refuse to start on unusable keys anywhere, on development defaults, weak secrets or
-    plaintext transport outside development; configure the at-rest keyring; the API's tokens."""
+    plaintext transport outside development; the API's token table."""
     problems = settings.key_problems()
     if problems:
         raise SystemExit("refusing to start: " + "; ".join(problems))
@@ -323,7 +323,6 @@ def check_settings(settings: ServiceSettings) -> auth.TokenTable:
                 "ALLOW_INSECURE_TRANSPORT: running outside development without TLS",
                 extra={"problems": settings.transport_problems()},
             )
-    crypto.configure(crypto.Keyring.of(settings.data_keys))
     try:
         tokens = auth.token_table(settings.api_tokens, settings.agencies,
                                   development=settings.development)
@@ -503,6 +502,7 @@ async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None
 async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM/SIGINT."""
     tokens = check_settings(settings)
+    crypto.configure(crypto.Keyring.of(settings.data_keys))  # seals dead letters, parked records
     kafka = kafka_security(settings)
     await ensure_topics(settings, settings.topic_partitions)
     pool = await db.create_pool(settings.database_url, max_size=6, ssl=database_ssl(settings))

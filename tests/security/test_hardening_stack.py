@@ -140,6 +140,20 @@ async def test_a_database_built_with_one_person_id_secret_refuses_another(scratc
         await again.wait_ready()
     finally:
         again.stop()
+    # Rotation is a new generation (docs/SECURITY.md §4): a fresh database records the new
+    # secret's fingerprint at its first start.
+    generation = Stack()
+    await generation.create_topics()
+    try:
+        rotated = ServiceProcess("subsidy", generation, env={"PERSON_ID_SECRET": STRONG})
+        rotated.start()
+        try:
+            await rotated.wait_ready()
+        finally:
+            rotated.stop()
+        assert await fetchval(rotated, "SELECT fingerprint FROM secret_fingerprint") == secret_fingerprint(STRONG)
+    finally:
+        await generation.drop()
 
 
 # ---- policy versions --------------------------------------------------------------------------
@@ -166,6 +180,17 @@ async def test_a_policy_version_reloaded_with_other_content_refuses_to_start_nam
         after = hashlib.sha256(path.read_bytes()).hexdigest()
         said = await refusal(ServiceProcess("subsidy", stack, env=env))
         assert f"suqian@{raw['version']}" in said and before in said and after in said
+        # Closing the version's range to introduce the next one is no change of content.
+        raw = json.loads((ROOT / "services/subsidy/policies/suqian.json").read_text())
+        path.write_text(json.dumps({**raw, "valid_to": "2029-12-31"}, ensure_ascii=False))
+        (policies / "suqian-2030.json").write_text(json.dumps(
+            {**raw, "version": "2030-01", "valid_from": "2030-01-01"}, ensure_ascii=False))
+        closed = ServiceProcess("subsidy", stack, env=env)
+        closed.start()
+        try:
+            await closed.wait_ready()
+        finally:
+            closed.stop()
     finally:
         await stack.drop()
 
