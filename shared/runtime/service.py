@@ -363,7 +363,7 @@ async def check_fingerprint(pool: asyncpg.Pool, settings: ServiceSettings) -> No
             f"refusing to start: PERSON_ID_SECRET does not match the secret this database was "
             f"built with (fingerprint {mine[:16]}, recorded {stored[:16]}); every person_id "
             "would change. Restore the secret, or follow the rotation procedure "
-            "(docs/SECURITY.md, 'Rotating PERSON_ID_SECRET')"
+            "(docs/SECURITY.md §4)"
         )
 
 
