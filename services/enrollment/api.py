@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from shared.contract.identity import person_id
 from shared.runtime import auth
-from shared.runtime.service import json_body
+from shared.runtime.http import json_body
 from services.enrollment.config import EnrollmentSettings
 
 NOT_FOUND = {"error": "not_found"}

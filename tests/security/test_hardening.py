@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from shared.runtime import auth, crypto
 from shared.runtime.outbox import Outbox, RawRecord
-from shared.runtime.service import check_settings, http_app, json_body, secret_fingerprint
+from shared.runtime.http import json_body
+from shared.runtime.service import check_settings, http_app, secret_fingerprint
 from shared.runtime.settings import DEV_DATA_KEY, ServiceSettings, secret_weakness
 from services.enrollment.config import EnrollmentSettings
 

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import orjson
