@@ -6,6 +6,7 @@ decisions, summary and ledger; the policy-load audit trail is for auditors only.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import datetime as dt
@@ -30,6 +31,8 @@ LEDGER_COLUMNS = (
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 1_000_000  # keeps OFFSET well inside bigint whatever the query string says
 CSV_CHUNK_ROWS = 1000  # ledger.csv rows read from a cursor and sent per chunk
+# ledger.csv downloads at a time: each holds a connection of the pool the consumer also uses.
+MAX_CSV_STREAMS = 2
 # What /openapi.json says beyond the routes' paths.
 OPENAPI: dict[str, dict[str, Any]] = {
     "/agencies/{agency}/summary": {"query": {"year": {"type": "integer"}}},
@@ -50,6 +53,8 @@ def _date(value: str | None, default: dt.date) -> dt.date:
 
 
 def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
+    streams = asyncio.Semaphore(MAX_CSV_STREAMS)
+
     async def person(request: Request) -> Response:
         who = auth.principal(request)
         pid = request.path_params["person_id"]
@@ -143,8 +148,13 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3 ORDER BY decided_on, seq"
         )
         if as_csv:
+            if streams.locked():
+                return JSONResponse(
+                    {"error": "busy", "detail": "other ledger downloads are running; try again"},
+                    status_code=429, headers={"retry-after": "5"},
+                )
             return StreamingResponse(
-                _csv_rows(pool, sql, agency, start, end), media_type="text/csv; charset=utf-8",
+                _csv_rows(pool, streams, sql, agency, start, end), media_type="text/csv; charset=utf-8",
                 headers={"content-disposition": f'attachment; filename="ledger-{agency}.csv"'},
             )
         rows = await pool.fetch(sql + " LIMIT $4 OFFSET $5", agency, start, end, size + 1, (page - 1) * size)
@@ -170,14 +180,14 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
     ]
 
 
-async def _csv_rows(pool: asyncpg.Pool, sql: str, agency: str, start: dt.date,
-                   end: dt.date) -> AsyncIterator[str]:
+async def _csv_rows(pool: asyncpg.Pool, streams: asyncio.Semaphore, sql: str, agency: str,
+                    start: dt.date, end: dt.date) -> AsyncIterator[str]:
     """The ledger as CSV, streamed from a server-side cursor: memory stays one chunk whatever
-    the agency's size (the connection is held while the client reads)."""
+    the agency's size (a connection is held while the client reads: MAX_CSV_STREAMS at most)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(LEDGER_COLUMNS)
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
+    async with streams, pool.acquire() as conn, conn.transaction(readonly=True):
         rows = 0
         async for r in conn.cursor(sql, agency, start, end, prefetch=CSV_CHUNK_ROWS):
             writer.writerow([_cell(r[c]) for c in LEDGER_COLUMNS])
