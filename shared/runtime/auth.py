@@ -102,11 +102,7 @@ class TokenTable:
         if scheme.lower() != "bearer" or not token:
             return None
         # A dictionary look-up by hash: timing reveals at most a prefix of a hash, not a token.
-        key = hash_token(token)
-        found = self.principals.get(key)
-        if found is None:
-            return None
-        return Principal(found.role, found.agency, lookup=found.lookup, token=key[7:23])
+        return self.principals.get(hash_token(token))
 
 
 def parse_tokens(raw: str, agencies: Iterable[str]) -> dict[str, Principal]:
@@ -156,10 +152,10 @@ def _principal(index: int, key: str, entry: Any, agencies: set[str]) -> Principa
             raise TokenConfigError(
                 f"API_TOKENS entry {shown}: an agency token needs an agency of {sorted(agencies)}"
             )
-        return Principal("agency", agency, lookup=lookup)
+        return Principal("agency", agency, lookup=lookup, token=key[7:23])
     if agency is not None:
         raise TokenConfigError(f"API_TOKENS entry {shown}: an auditor token names no agency")
-    return Principal("auditor", lookup=lookup)
+    return Principal("auditor", lookup=lookup, token=key[7:23])
 
 
 def token_table(raw: str, agencies: Iterable[str], *, development: bool) -> TokenTable:
