@@ -13,7 +13,7 @@ through unchanged, and a value that is not sealed is read as it is (rows written
 
     python -m shared.runtime.crypto new-key          # a fresh Fernet key
     python -m shared.runtime.crypto key-id -         # the id of a key read from stdin
-    python -m shared.runtime.crypto rotate <service> # re-seal parked and unsent rows with the current key
+    python -m shared.runtime.crypto rotate <service> # re-seal what rests with the current key
 """
 
 from __future__ import annotations
@@ -104,17 +104,27 @@ def open_stored(value: bytes) -> bytes:
 
 
 async def rotate_rows(dsn: str, keyring: Keyring, ssl: object = None) -> dict[str, int]:
-    """Re-seal with the current key every parked record and every unsent dead letter of one
-    service database, so a previous key can be retired. Returns the rows changed per table."""
+    """Re-seal with the current key every parked record, every unsent dead letter and (the
+    enrollment service) every stored identity of one service database, so a previous key can
+    be retired. Returns the rows changed per table."""
     import asyncpg
     import orjson
 
     from shared.runtime import db
 
     conn = await asyncpg.connect(dsn, **db.connect_kwargs(ssl))  # type: ignore[arg-type]
-    changed = {"pending": 0, "outbox": 0}
+    changed = {"pending": 0, "outbox": 0, "trainee": 0}
     try:
         async with conn.transaction():
+            if await conn.fetchval("SELECT to_regclass('trainee') IS NOT NULL"):
+                rows = await conn.fetch(
+                    "SELECT person_id, national_id_enc, name_enc FROM trainee FOR UPDATE")
+                await conn.executemany(
+                    "UPDATE trainee SET national_id_enc = $2, name_enc = $3 WHERE person_id = $1",
+                    [(r["person_id"], keyring.rotate(bytes(r["national_id_enc"])),
+                      keyring.rotate(bytes(r["name_enc"]))) for r in rows],
+                )
+                changed["trainee"] = len(rows)
             for row in await conn.fetch("SELECT seq, value FROM pending FOR UPDATE"):
                 value = bytes(row["value"])
                 if not value.startswith(TOKEN_PREFIX):
@@ -148,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kid = commands.add_parser("key-id", help="print the id of a key")
     kid.add_argument("key", help='the key, or "-" to read it from stdin')
     rotate = commands.add_parser(
-        "rotate", help="re-seal a service's parked records and unsent dead letters with the "
-        "current DATA_ENCRYPTION_KEY (DATA_ENCRYPTION_PREVIOUS_KEYS still open the old ones)")
+        "rotate", help="re-seal a service's parked records, unsent dead letters and identities "
+        "with the current DATA_ENCRYPTION_KEY (DATA_ENCRYPTION_PREVIOUS_KEYS open the old ones)")
     rotate.add_argument("service", choices=["enrollment", "assessment", "subsidy"])
     args = parser.parse_args(argv)
     if args.command == "new-key":
@@ -169,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     keyring = Keyring.of(settings.data_keys)
     changed = asyncio.run(rotate_rows(settings.database_url, keyring, database_ssl(settings)))
     print(f"{args.service}: re-sealed with key {keyring.current_id}: "
-          f"{changed['pending']} parked records, {changed['outbox']} unsent dead letters")
+          f"{changed['pending']} parked records, {changed['outbox']} unsent dead letters, "
+          f"{changed['trainee']} identities")
     return 0
 
 

@@ -241,6 +241,9 @@ async def test_dead_letters_and_parked_records_are_sealed_keys_rotate_and_the_dl
         async with Producer(stack) as producer, Collector(stack, [topics.dlq("enrollment"), UP]) as seen:
             await producer.raw(UP, enrolled, key=ref)
             await producer.raw(UP, attended, key=waiting)
+            accepted = b.ref()  # an identity stored (sealed) in the trainee table
+            await producer.event(UP, ENROLLED, b.enrolled(accepted, b.national_id()), subject=accepted)
+            await wait_for(lambda: fetchval(service, "SELECT count(*) = 1 FROM trainee"), 60, "the identity")
             await wait_for(lambda: seen.dead_letters(topics.dlq("enrollment")), 60, "the dead letter")
             [letter] = seen.dead_letters(topics.dlq("enrollment"))
             assert letter.headers["error-code"] == "unknown_agency"
@@ -262,6 +265,14 @@ async def test_dead_letters_and_parked_records_are_sealed_keys_rotate_and_the_dl
             assert "1 parked records" in rotated.stdout
             resealed = bytes(await fetchval(service, "SELECT value FROM pending"))  # type: ignore[arg-type]
             assert crypto.Keyring.of([second]).open(resealed) == attended
+            assert "1 identities" in rotated.stdout
+            conn = await service.db()
+            try:
+                for row in await conn.fetch("SELECT national_id_enc, name_enc FROM trainee"):
+                    crypto.Keyring.of([second]).open(bytes(row["national_id_enc"]))
+                    crypto.Keyring.of([second]).open(bytes(row["name_enc"]))
+            finally:
+                await conn.close()
 
             service.start(DATA_ENCRYPTION_KEY=second, DATA_ENCRYPTION_PREVIOUS_KEYS=first)
             await service.wait_ready()
