@@ -1,6 +1,9 @@
 # Task interface (other tooling depends on these names). `make help` lists them.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# The services default to production (and refuse the built-in development secrets there); the
+# local stack, the demo, the benchmark and the tests run them in development explicitly.
+export ENVIRONMENT ?= development
 
 .PHONY: help venv up down status test demo bench bench-quick stack-up stack-down services-up services-down schemas asyncapi test-faults
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.fernet import InvalidToken
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,6 +54,8 @@ from rich.text import Text
 
 from shared.contract import topics
 from shared.contract.envelope import encode_raw, headers
+from shared.runtime import crypto
+from shared.runtime.settings import DEV_DATA_KEY
 from tools import local_tokens
 from tools.moneycheck import Policies
 from tools.population import (
@@ -89,6 +92,10 @@ INPUTS = {
 OUTPUTS = {topics.ENROLLMENT_EVENTS: "enrollment", topics.ASSESSMENT_EVENTS: "assessment",
            topics.SUBSIDY_EVENTS: "subsidy"}
 DLQS = {topics.dlq(s): s for s in SERVICES}
+# The services' at-rest keys (their environment is the demo's): dead letters are read in clear
+# to count them per agency.
+DLQ_KEYRING = crypto.Keyring.of([os.environ.get("DATA_ENCRYPTION_KEY") or DEV_DATA_KEY,
+                                 *os.environ.get("DATA_ENCRYPTION_PREVIOUS_KEYS", "").split(",")])
 QUIET_SECONDS = 2.0
 BUDGETED = Path(__file__).with_name("policies") / "budgeted"
 POLL_SECONDS = 0.25
@@ -275,8 +282,10 @@ class Watcher:
     def _add(self, topic: str, value: bytes, record_headers: dict[str, bytes]) -> None:
         if topic in DLQS:
             try:
+                if crypto.KEY_ID_HEADER in record_headers:  # dead letters are sealed at rest
+                    value = DLQ_KEYRING.open(value)
                 agency = orjson.loads(value).get("agencyid")
-            except (orjson.JSONDecodeError, AttributeError):
+            except (orjson.JSONDecodeError, AttributeError, InvalidToken):
                 agency = None
             code = record_headers.get("error-code", b"?").decode()
             self.tally.add_dead_letter(DLQS[topic], code, agency if isinstance(agency, str) else None)

@@ -129,9 +129,10 @@ async def rewind_group(settings: ServiceSettings, topic_names: Sequence[str]) ->
 
 
 async def recreate_database(settings: ServiceSettings, definition: ServiceDefinition) -> list[str]:
-    base, _, name = settings.database_url.rpartition("/")
-    name = name.split("?")[0]
-    conn = await asyncpg.connect(base + "/postgres")
+    # Dropping and migrating is schema work: the migration credentials where configured.
+    base, _, name = settings.migration_dsn.rpartition("/")
+    name, _, params = name.partition("?")
+    conn = await asyncpg.connect(base + "/postgres" + (f"?{params}" if params else ""))
     try:
         users = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
@@ -144,8 +145,8 @@ async def recreate_database(settings: ServiceSettings, definition: ServiceDefini
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
         await conn.close()
-    await db.ensure_database(settings.database_url)
-    return await db.migrate(settings.database_url, definition.directory)
+    await db.ensure_database(settings.migration_dsn)
+    return await db.migrate(settings.migration_dsn, definition.directory)
 
 
 async def rebuild(service: str, say: Callable[[str], None] = print) -> None:

@@ -14,6 +14,8 @@ DIR="$STATE/services"
 PY="$ROOT/.venv/bin/python"
 SERVICES=(enrollment assessment subsidy)
 mkdir -p "$DIR"
+# The services default to production; this local stack runs them in development explicitly.
+export ENVIRONMENT="${ENVIRONMENT:-development}"
 
 port_of() {
   case "$1" in

@@ -1,7 +1,8 @@
 """Query API of the assessment service: public certificate verification and a person's certificates.
 
 Verification is public and carries no personal data; a person's certificates need a bearer
-token, and an agency token sees the certificates of its own agency's assessments only.
+token, and an agency token sees the certificates of its own agency's assessments only (a person
+without any answers 404, as an unknown one does).
 """
 
 from __future__ import annotations
@@ -61,11 +62,9 @@ def routes(pool: asyncpg.Pool, settings: AssessmentSettings) -> list[BaseRoute]:
             "SELECT c.*, a.agency FROM certificate c JOIN assessment a USING (assessment_ref)"
             " WHERE c.person_id = $1 ORDER BY c.issued_on, c.certificate_id", pid
         )
-        if not rows:
-            return JSONResponse({"error": "not_found"}, status_code=404)
         rows = [r for r in rows if who.sees(r["agency"])]
-        if not rows:
-            raise auth.Forbidden("this person has no certificate in your agency")
+        if not rows:  # unknown, or no certificate of this agency: the same answer
+            return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse({"person_id": pid, "certificates": [_certificate(r) for r in rows]})
 
     return [

@@ -27,7 +27,7 @@ import orjson
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.identity import person_id
-from shared.runtime import db, pending
+from shared.runtime import crypto, db, pending
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.assessment import domain
@@ -379,7 +379,7 @@ async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings, cutof
         rows = await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,
                                     describe=lambda ref: ref.replace(":", " ", 1))
         released = [
-            orjson.loads(r["value"])["data"]["assessment_ref"]
+            orjson.loads(crypto.open_stored(bytes(r["value"])))["data"]["assessment_ref"]
             for r in rows if r["ref"].startswith(ENROLLMENT)
         ]
         if released:

@@ -15,4 +15,5 @@ DEFINITION = ServiceDefinition(
     handler=handlers.make_handler,  # type: ignore[arg-type]
     routes=api.routes,  # type: ignore[arg-type]
     sweeps=(handlers.expire_pending,),  # type: ignore[arg-type]
+    openapi=api.OPENAPI,
 )

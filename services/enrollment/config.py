@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.runtime.settings import ServiceSettings
+from shared.runtime.settings import DEV_DATA_KEY, ServiceSettings
 
-DEV_DATA_KEY = "ZGV2LW9ubHktZGF0YS1rZXktY2hhbmdlLW1lLTAwMDA="  # 32 bytes, development only
+__all__ = ["DEV_DATA_KEY", "EnrollmentSettings"]
 
 
 class EnrollmentSettings(ServiceSettings):
@@ -20,9 +21,9 @@ class EnrollmentSettings(ServiceSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/enrollment"
     http_port: int = 8001
     catalogue_dir: Path = Path(__file__).with_name("catalogues")
-    data_key: str = Field(
-        DEV_DATA_KEY, validation_alias="DATA_ENCRYPTION_KEY",
-        description="Fernet key protecting names and national ids at rest",
+    lookup_rate_per_minute: int = Field(
+        30, ge=1, description="POST /persons/lookup calls one token may make per minute "
+        "(per process); more answer 429",
     )
 
     daily_hours_limit: Decimal = Field(
@@ -36,6 +37,18 @@ class EnrollmentSettings(ServiceSettings):
 
     def unsafe_defaults(self) -> list[str]:
         found = super().unsafe_defaults()
-        if self.data_key == DEV_DATA_KEY:
-            found.append("DATA_ENCRYPTION_KEY is the development default; set a real Fernet key")
+        # Catalogues fail closed: an agency without its file would accept every course.
+        if not self.catalogue_dir.is_dir():
+            found.append(f"ENROLLMENT_CATALOGUE_DIR {self.catalogue_dir} is not a directory")
+        else:
+            covered = set()
+            for path in sorted(self.catalogue_dir.glob("*.json")):
+                try:
+                    covered.add(json.loads(path.read_text(encoding="utf-8"))["agency"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    found.append(f"catalogue {path} cannot be read as a catalogue")
+            missing = [a for a in self.agencies if a not in covered]
+            if missing:
+                found.append(f"ENROLLMENT_CATALOGUE_DIR {self.catalogue_dir} has no catalogue "
+                             f"for {', '.join(missing)}")
         return found

@@ -16,12 +16,12 @@ from decimal import Decimal
 
 import asyncpg
 import orjson
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.identity import normalise_national_id, person_id
-from shared.runtime import db, pending
+from shared.runtime import crypto, db, pending
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.enrollment import domain
@@ -50,7 +50,7 @@ class Batch:
     """The state of one batch: enrollments by ref, and the writes collected for the end."""
 
     def __init__(self, conn: asyncpg.Connection, out: Outbox, settings: EnrollmentSettings,
-                 fernet: Fernet, catalogues: domain.Catalogues) -> None:
+                 fernet: Fernet | MultiFernet, catalogues: domain.Catalogues) -> None:
         self.conn = conn
         self.out = out
         self.settings = settings
@@ -245,9 +245,11 @@ class Batch:
         twin = domain.overlapping(self.by_person.get(pid, []), data.course.course_id,
                                   data.course.start_date, data.course.end_date)
         if twin is not None:
+            # Another agency's enrollment is never named to this one (docs/SECURITY.md §1).
+            whose = f" ({twin.enrollment_ref})" if twin.agency == event.agencyid else ""
             self.reject(item, pid, "duplicate_enrollment",
                         f"already enrolled in course {data.course.course_id} over overlapping "
-                        f"dates ({twin.enrollment_ref})")
+                        f"dates{whose}")
             return
         accepted = ev.EnrollmentAccepted(
             enrollment_ref=data.enrollment_ref, person_id=pid,
@@ -475,7 +477,7 @@ def _from_row(row: asyncpg.Record) -> Enrollment:
 
 
 def make_handler(settings: EnrollmentSettings) -> Handler:
-    fernet = Fernet(settings.data_key.encode())
+    fernet = crypto.Keyring.of(settings.data_keys).fernet  # current key, previous ones readable
     catalogues = domain.Catalogues.load(settings.catalogue_dir)
 
     async def handle_batch(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:

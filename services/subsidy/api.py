@@ -6,16 +6,18 @@ decisions, summary and ledger; the policy-load audit trail is for auditors only.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import datetime as dt
 import io
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
@@ -29,6 +31,18 @@ LEDGER_COLUMNS = (
 )
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 1_000_000  # keeps OFFSET well inside bigint whatever the query string says
+CSV_CHUNK_ROWS = 1000  # ledger.csv rows read from a cursor and sent per chunk
+# ledger.csv downloads at a time: each holds a connection of the pool the consumer also uses.
+MAX_CSV_STREAMS = 2
+# What /openapi.json says beyond the routes' paths.
+OPENAPI: dict[str, dict[str, Any]] = {
+    "/agencies/{agency}/summary": {"query": {"year": {"type": "integer"}}},
+    "/agencies/{agency}/ledger": {"query": {
+        "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+        "page": {"type": "integer"}, "page_size": {"type": "integer"}}},
+    "/agencies/{agency}/ledger.csv": {"query": {
+        "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"}}},
+}
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -40,15 +54,16 @@ def _date(value: str | None, default: dt.date) -> dt.date:
 
 
 def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
+    streams = asyncio.Semaphore(MAX_CSV_STREAMS)
+
     async def person(request: Request) -> Response:
         who = auth.principal(request)
         pid = request.path_params["person_id"]
         raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
-        if raw is None:
+        state = PersonState.from_json_text(raw) if raw is not None else None
+        if state is None or not _has_record_in(state, who):
+            # Unknown, or nothing of this agency: the same answer (no oracle across agencies).
             return _error(404, "not_found", f"no subsidy decisions for {pid[:60]}")
-        state = PersonState.from_json_text(raw)
-        if not _has_record_in(state, who):
-            raise auth.Forbidden("this person has no record in your agency")
         live = {g.grant_id for g in live_grants(state)}
         agency_of = {ref: e.accepted.agency for ref, e in state.enrollments.items()}
         return JSONResponse({
@@ -147,14 +162,13 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3 ORDER BY decided_on, seq"
         )
         if as_csv:
-            rows = await pool.fetch(sql, agency, start, end)
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(LEDGER_COLUMNS)
-            for r in rows:
-                writer.writerow([_cell(r[c]) for c in LEDGER_COLUMNS])
-            return Response(
-                buffer.getvalue(), media_type="text/csv; charset=utf-8",
+            if streams.locked():
+                return JSONResponse(
+                    {"error": "busy", "detail": "other ledger downloads are running; try again"},
+                    status_code=429, headers={"retry-after": "5"},
+                )
+            return StreamingResponse(
+                _csv_rows(pool, streams, sql, agency, start, end), media_type="text/csv; charset=utf-8",
                 headers={"content-disposition": f'attachment; filename="ledger-{agency}.csv"'},
             )
         rows = await pool.fetch(sql + " LIMIT $4 OFFSET $5", agency, start, end, size + 1, (page - 1) * size)
@@ -178,6 +192,25 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         Route("/agencies/{agency}/ledger.csv", ledger),
         Route("/policies/loads", policy_loads),
     ]
+
+
+async def _csv_rows(pool: asyncpg.Pool, streams: asyncio.Semaphore, sql: str, agency: str,
+                    start: dt.date, end: dt.date) -> AsyncIterator[str]:
+    """The ledger as CSV, streamed from a server-side cursor: memory stays one chunk whatever
+    the agency's size (a connection is held while the client reads: MAX_CSV_STREAMS at most)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(LEDGER_COLUMNS)
+    async with streams, pool.acquire() as conn, conn.transaction(readonly=True):
+        rows = 0
+        async for r in conn.cursor(sql, agency, start, end, prefetch=CSV_CHUNK_ROWS):
+            writer.writerow([_cell(r[c]) for c in LEDGER_COLUMNS])
+            rows += 1
+            if rows % CSV_CHUNK_ROWS == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()
 
 
 def _has_record_in(state: PersonState, who: auth.Principal) -> bool:

@@ -20,6 +20,8 @@ import logging
 import re
 import secrets
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 Role = Literal["agency", "reviewer", "auditor"]
 ROLES: tuple[Role, ...] = ("agency", "reviewer", "auditor")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Roles that may be granted POST /persons/lookup (national id -> person_id) with
+# "lookup": true in their API_TOKENS entry; every other token is refused it.
+LOOKUP_ROLES: frozenset[str] = frozenset({"agency", "auditor"})
 HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Operators' endpoints (reached from the operators' network, carrying no personal data) and
 # public certificate verification, which anyone holding a certificate id may use.
@@ -64,6 +69,11 @@ class Principal:
     agency: str | None = None
     # The token's name (API_TOKENS), or a prefix of its hash: who, not what they may do.
     name: str = field(default="anonymous", compare=False)
+    # Granted POST /persons/lookup ("lookup": true in the token's entry).
+    lookup: bool = field(default=False, compare=False)
+    # The first 16 hex digits of the token's hash: names the token in audit rows and rate
+    # limits, never the token itself.
+    token: str = field(default="open", compare=False)
 
     @property
     def auditor(self) -> bool:
@@ -80,7 +90,7 @@ class Principal:
 
 
 # Development mode without tokens: every request reads as an auditor (a loud warning at start).
-OPEN = Principal("auditor", name="development")
+OPEN = Principal("auditor", name="development", lookup=True)
 
 
 def hash_token(token: str) -> str:
@@ -149,15 +159,21 @@ def _principal(index: int, key: str, entry: Any, agencies: set[str]) -> Principa
         raise TokenConfigError(
             f"API_TOKENS entry {shown}: name must be 1-64 of A-Z a-z 0-9 . _ : - (no personal data)"
         )
+    lookup = entry.get("lookup", False)
+    if not isinstance(lookup, bool) or (lookup and role not in LOOKUP_ROLES):
+        raise TokenConfigError(
+            f"API_TOKENS entry {shown}: \"lookup\" is true or false, and only for roles "
+            f"{sorted(LOOKUP_ROLES)}"
+        )
     if role in ("agency", "reviewer"):
         if agency not in agencies:
             raise TokenConfigError(
                 f"API_TOKENS entry {shown}: an {role} token needs an agency of {sorted(agencies)}"
             )
-        return Principal(role, agency, name)
+        return Principal(role, agency, name, lookup=lookup, token=key[7:23])
     if agency is not None:
         raise TokenConfigError(f"API_TOKENS entry {shown}: an auditor token names no agency")
-    return Principal("auditor", name=name)
+    return Principal("auditor", name=name, lookup=lookup, token=key[7:23])
 
 
 def token_table(raw: str, agencies: Iterable[str], *, development: bool) -> TokenTable:
@@ -177,14 +193,20 @@ def is_public(path: str) -> bool:
 
 
 class Authenticate:
-    """ASGI middleware: every path not public needs a known bearer token (else 401)."""
+    """ASGI middleware: every path not public needs a known bearer token (else 401).
 
-    def __init__(self, app: ASGIApp, table: TokenTable) -> None:
+    ``protected`` names public paths that need a token all the same (``/metrics`` on the API
+    port outside development)."""
+
+    def __init__(self, app: ASGIApp, table: TokenTable, protected: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.table = table
+        self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] != "http" or (
+            is_public(scope["path"]) and scope["path"] not in self.protected
+        ):
             await self.app(scope, receive, send)
             return
         authorization = next(
@@ -225,6 +247,33 @@ def require_auditor(request: Request) -> Principal:
     return who
 
 
+def require_lookup(request: Request) -> Principal:
+    who = principal(request)
+    if not who.lookup:
+        raise Forbidden("this token is not granted person lookups")
+    return who
+
+
+class RateLimiter:
+    """At most ``per_minute`` calls per key in any sliding minute (one process's count)."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.calls: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> float | None:
+        """None when the call may go ahead (and counts it), else seconds until it could."""
+        now = self.clock()
+        window = self.calls.setdefault(key, deque())
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return max(0.0, window[0] + 60.0 - now)
+        window.append(now)
+        return None
+
+
 async def forbidden(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc, Forbidden) else "forbidden"
     return JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
@@ -242,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     new_cmd.add_argument("--reviewer", action="store_true",
                          help="with --agency: the agency's reviewer (releases or denies holds)")
     new_cmd.add_argument("--name", help="recorded with reviews and audited reads; no personal data")
+    new_cmd.add_argument("--lookup", action="store_true",
+                         help="grant POST /persons/lookup (national id -> person_id)")
     args = parser.parse_args(argv)
     if args.command == "hash-token":
         token = sys.stdin.readline().strip() if args.token == "-" else args.token
@@ -252,12 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = secrets.token_urlsafe(32)
     if args.reviewer and not args.agency:
         parser.error("--reviewer needs --agency")
-    entry: dict[str, str] = ({"role": "auditor"} if args.auditor else
+    entry: dict[str, Any] = ({"role": "auditor"} if args.auditor else
                              {"role": "reviewer" if args.reviewer else "agency", "agency": args.agency})
     if args.name:
         if not NAME_PATTERN.match(args.name):
             parser.error("--name: 1-64 of A-Z a-z 0-9 . _ : -")
         entry["name"] = args.name
+    if args.lookup:
+        if args.reviewer:
+            parser.error("--lookup is for agency and auditor tokens")
+        entry["lookup"] = True
     print(f"token (give to the client, store nowhere else): {token}")
     print(f"API_TOKENS entry: {orjson.dumps({hash_token(token): entry}).decode()}")
     return 0

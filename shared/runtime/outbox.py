@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.contract import envelope
 from shared.contract.events import TYPE_OF, Payload
-from shared.runtime import metrics
+from shared.runtime import crypto, metrics
 from shared.runtime.db import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,14 @@ class Outbox:
             ["original-partition", str(record.partition)],
             ["original-offset", str(record.offset)],
         ]
-        # The key as it came (bytea): it may hold what text cannot (0x00, invalid UTF-8).
-        row = (self.dlq_topic, record.key or b"", "dead_letter", record.value or b"", _json(headers))
+        # The value sealed (it may carry national ids and names), its key id in a header; the
+        # key as it came (bytea): it may hold what text cannot (0x00, invalid UTF-8).
+        value = record.value or b""
+        keyring = crypto.current()
+        if keyring is not None:
+            value = keyring.seal(value)
+            headers.append([crypto.KEY_ID_HEADER, keyring.current_id])
+        row = (self.dlq_topic, record.key or b"", "dead_letter", value, _json(headers))
         identity = None
         if key is not None:
             identity = (key[0], key[1], hashlib.sha256(record.value or b"").digest())

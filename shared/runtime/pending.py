@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract.envelope import decode
-from shared.runtime import metrics
+from shared.runtime import crypto, metrics
 from shared.runtime.consumer import Incoming
 from shared.runtime.outbox import Outbox, RawRecord
 
@@ -40,7 +40,7 @@ async def park(conn: asyncpg.Connection, parked: Sequence[tuple[str, Incoming]])
         records=[
             (ref, i.event.type, i.record.topic, i.record.partition, i.record.offset,
              i.record.key.decode("utf-8", "replace") if i.record.key is not None else None,
-             i.record.value)
+             crypto.seal(i.record.value or b""))  # sealed at rest: national ids, names
             for ref, i in parked
         ],
         columns=COLUMNS,
@@ -49,7 +49,8 @@ async def park(conn: asyncpg.Connection, parked: Sequence[tuple[str, Incoming]])
 
 def raw_record(row: asyncpg.Record) -> RawRecord:
     return RawRecord(row["topic"], row["partition"], row["offset"],
-                     row["key"].encode() if row["key"] is not None else None, bytes(row["value"]))
+                     row["key"].encode() if row["key"] is not None else None,
+                     crypto.open_stored(bytes(row["value"])))
 
 
 def incoming(row: asyncpg.Record, topic_prefix: str) -> Incoming:

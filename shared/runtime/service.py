@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
+import hmac
+import importlib
 import logging
 import signal
 import sys
@@ -34,9 +37,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.contract import topics
-from shared.runtime import auth, db, logs, metrics, pending
+from shared.runtime import auth, crypto, db, logs, metrics, pending
 from shared.runtime.assignor import CoPartitionedAssignor
 from shared.runtime.consumer import BatchConsumer, Handler
+from shared.runtime.http import BadRequest, BoundBodies, bad_request, openapi_document
 from shared.runtime.outbox import Outbox, Relay
 from shared.runtime.settings import ServiceSettings
 
@@ -63,6 +67,8 @@ class ServiceDefinition:
     routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
     on_start: OnStart | None = None  # one-off work once the database is reachable
+    # What /openapi.json adds to the routes per path template: query parameters, request body
+    openapi: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,11 +133,17 @@ def _hostile(scope: Scope) -> bool:
 
 
 def http_app(
-    runtime: Runtime | None, routes: list[BaseRoute], tokens: auth.TokenTable | None = None
+    runtime: Runtime | None, routes: list[BaseRoute], tokens: auth.TokenTable | None = None,
+    *, title: str = "service", metrics_here: bool = True, protect_metrics: bool = False,
+    described: dict[str, dict[str, Any]] | None = None,
 ) -> Starlette:
-    """The service's HTTP app; ``tokens`` None means open (tests of the host alone)."""
+    """The service's HTTP app; ``tokens`` None means open (tests of the host alone).
+
+    ``metrics_here`` False leaves /metrics to the metrics port; ``protect_metrics`` makes it
+    need a bearer token on this one (outside development without METRICS_PORT)."""
 
     async def healthz(request: Request) -> Response:
+        """Liveness: 503 when the consumer is stalled."""
         # Alive is more than answering: a consumer that has records to handle but has
         # committed nothing for CONSUMER_STALL_SECONDS is stuck, and a restart is the cure.
         if runtime is not None:
@@ -144,38 +156,65 @@ def http_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Readiness: database, Kafka, consumer and relay."""
         if runtime is None:
             return JSONResponse({"ready": False}, status_code=503)
         ok, checks = runtime.ready()
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    async def metrics_endpoint(request: Request) -> Response:
-        if runtime is not None:
-            runtime.ready()
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def openapi(request: Request) -> Response:
+        """This document."""
+        return JSONResponse(document)
 
-    base = [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-    ]
+    base = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if metrics_here:
+        base.append(Route("/metrics", metrics_endpoint(runtime)))
+    base.append(Route("/openapi.json", openapi))
+    document = openapi_document(title, base + routes, described)
     return Starlette(
         routes=base + routes,
         middleware=[
             Middleware(RejectHostileUrls),
-            Middleware(auth.Authenticate, table=tokens or auth.TokenTable({}, open=True)),
+            Middleware(BoundBodies),
+            Middleware(auth.Authenticate, table=tokens or auth.TokenTable({}, open=True),
+                       protected=frozenset({"/metrics"}) if protect_metrics else frozenset()),
         ],
-        exception_handlers={auth.Forbidden: auth.forbidden},
+        exception_handlers={auth.Forbidden: auth.forbidden, BadRequest: bad_request},
     )
 
 
+def metrics_endpoint(runtime: Runtime | None) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics_view(request: Request) -> Response:
+        """Prometheus metrics."""
+        if runtime is not None:
+            runtime.ready()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics_view
+
+
+def metrics_app(runtime: Runtime | None) -> Starlette:
+    """The app of METRICS_PORT: /metrics alone, for the operators' network."""
+    return Starlette(routes=[Route("/metrics", metrics_endpoint(runtime))],
+                     middleware=[Middleware(RejectHostileUrls)])
+
+
 def check_settings(settings: ServiceSettings) -> auth.TokenTable:
-    """Refuse to start on development defaults outside development; the API's token table."""
+    """Refuse to start on unusable keys anywhere, on development defaults, weak secrets or
+    plaintext transport outside development; the API's token table."""
+    problems = settings.key_problems()
+    if problems:
+        raise SystemExit("refusing to start: " + "; ".join(problems))
     if not settings.development:
         unsafe = settings.unsafe_defaults()
         if unsafe:
             raise SystemExit(
                 f"refusing to start with ENVIRONMENT={settings.environment!r}: " + "; ".join(unsafe)
+            )
+        if settings.allow_insecure_transport and settings.transport_problems():
+            log.warning(
+                "ALLOW_INSECURE_TRANSPORT: running outside development without TLS",
+                extra={"problems": settings.transport_problems()},
             )
     try:
         tokens = auth.token_table(settings.api_tokens, settings.agencies,
@@ -188,6 +227,47 @@ def check_settings(settings: ServiceSettings) -> auth.TokenTable:
             "as an auditor (development only; set API_TOKENS, see docs/SECURITY.md)",
         )
     return tokens
+
+
+FINGERPRINT_LABEL = b"skills.person-id-secret.fingerprint.v1"
+
+
+def secret_fingerprint(secret: str) -> str:
+    """What a database records of PERSON_ID_SECRET: an HMAC of a fixed label, never the secret."""
+    return hmac.new(secret.encode("utf-8"), FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
+async def check_fingerprint(pool: asyncpg.Pool, settings: ServiceSettings) -> None:
+    """Record the person-id secret's fingerprint on the first start; refuse any other secret.
+
+    Every person_id in the database was derived with one secret: another one would silently
+    split each person in two (annual limits and duplicate checks reset, double payments)."""
+    mine = secret_fingerprint(settings.person_id_secret)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO secret_fingerprint (name, fingerprint) VALUES ('PERSON_ID_SECRET', $1) "
+            "ON CONFLICT (name) DO NOTHING", mine,
+        )
+        stored = await conn.fetchval(
+            "SELECT fingerprint FROM secret_fingerprint WHERE name = 'PERSON_ID_SECRET'"
+        )
+    if stored != mine:
+        raise SystemExit(
+            f"refusing to start: PERSON_ID_SECRET does not match the secret this database was "
+            f"built with (fingerprint {mine[:16]}, recorded {stored[:16]}); every person_id "
+            "would change. Restore the secret, or follow the rotation procedure "
+            "(docs/SECURITY.md §4)"
+        )
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    """The settings class of ``services.<service>`` (its config module's ServiceSettings)."""
+    config = importlib.import_module(f"services.{service}.config")
+    return next(
+        value for value in vars(config).values()
+        if isinstance(value, type) and issubclass(value, ServiceSettings)
+        and value is not ServiceSettings
+    )
 
 
 def kafka_security(settings: ServiceSettings) -> dict[str, Any]:
@@ -319,10 +399,12 @@ async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None
 async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM/SIGINT."""
     tokens = check_settings(settings)
+    crypto.configure(crypto.Keyring.of(settings.data_keys))  # seals dead letters, parked records
     kafka = kafka_security(settings)
     await ensure_topics(settings, settings.topic_partitions)
     pool = await db.create_pool(settings.database_url, max_size=6, ssl=database_ssl(settings))
     await db.check_schema(pool, definition.directory)
+    await check_fingerprint(pool, settings)
     if definition.on_start is not None:
         await definition.on_start(pool, settings)
     def make_producer() -> AIOKafkaProducer:
@@ -370,14 +452,25 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     )
     runtime = Runtime(settings, pool, consumer, producer, batches, relay)
     batches.kafka_ok = lambda: runtime.kafka_ok
-    app = http_app(runtime, definition.routes(pool, settings), tokens)
-    server = uvicorn.Server(
+    separate = settings.metrics_port is not None
+    app = http_app(
+        runtime, definition.routes(pool, settings), tokens, title=f"{definition.name} service",
+        metrics_here=not separate, protect_metrics=not settings.development,
+        described=definition.openapi,
+    )
+    servers = [uvicorn.Server(
         uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port,
             log_level="warning", access_log=False, lifespan="off",
         )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
+    )]
+    if separate:
+        servers.append(uvicorn.Server(uvicorn.Config(
+            metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,
+            log_level="warning", access_log=False, lifespan="off",
+        )))
+    for server in servers:
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -402,7 +495,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         asyncio.create_task(relay.run(stopping), name="relay"),
         asyncio.create_task(_db_probe(runtime, stopping), name="db-probe"),
         asyncio.create_task(_kafka_probe(runtime, stopping), name="kafka-probe"),
-        asyncio.create_task(server.serve(), name="http"),
+        *(asyncio.create_task(server.serve(), name="http") for server in servers),
         *(
             asyncio.create_task(_sweeper(s, pool, settings, relay, watermark, stopping),
                                 name="sweep")
@@ -418,7 +511,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
             log.error("task failed", exc_info=task.exception(), extra={"task": task.get_name()})
             failed = True
     stopping.set()
-    server.should_exit = True
+    for server in servers:
+        server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await consumer.stop()
     await relay.producer.stop()
@@ -442,8 +536,9 @@ def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> N
 
     async def main() -> None:
         if args.command == "migrate" or args.migrate:
-            await db.ensure_database(settings.database_url, ssl=database_ssl(settings))
-            applied = await db.migrate(settings.database_url, definition.directory,
+            # Migrations run with their own credentials where configured (MIGRATION_DATABASE_URL).
+            await db.ensure_database(settings.migration_dsn, ssl=database_ssl(settings))
+            applied = await db.migrate(settings.migration_dsn, definition.directory,
                                        ssl=database_ssl(settings))
             log.info("migrations applied", extra={"applied": applied})
             if args.command == "migrate":

@@ -7,13 +7,60 @@ e.g. ``SUBSIDY_DATABASE_URL``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+from collections import Counter
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_AGENCIES = ("city-a", "suqian", "baoshan", "beijing")
 DEV_PERSON_ID_SECRET = "dev-only-person-id-secret-change-me"
+DEV_DATA_KEY = "ZGV2LW9ubHktZGF0YS1rZXktY2hhbmdlLW1lLTAwMDA="  # 32 bytes, development only
+# Values shipped in examples and scripts: never a secret, whatever their length.
+KNOWN_PLACEHOLDERS = frozenset({
+    DEV_PERSON_ID_SECRET, DEV_DATA_KEY, "replace-with-a-long-random-secret",
+    "compose-demo-person-id-secret", "replace-with-a-fernet-key", "test-person-id-secret",
+})
+PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "placeholder", "example", "demo",
+                     "dev-only", "secret-here")
+MIN_SECRET_CHARS = 32
+MIN_SECRET_BITS = 128.0
+
+
+def secret_weakness(value: str) -> str | None:
+    """Why ``value`` is no production secret (a placeholder, too short, too little entropy);
+    None when it is long and varied enough (``secrets.token_urlsafe(32)`` passes)."""
+    lowered = value.strip().lower()
+    if value in KNOWN_PLACEHOLDERS or any(w in lowered for w in PLACEHOLDER_WORDS):
+        return "is a known placeholder"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"has {len(value)} characters, fewer than {MIN_SECRET_CHARS}"
+    counts = Counter(value)
+    bits = -sum(n * math.log2(n / len(value)) for n in counts.values())
+    if bits < MIN_SECRET_BITS:
+        return f"carries about {bits:.0f} bits of entropy, under {MIN_SECRET_BITS:.0f}"
+    return None
+
+
+def fernet_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Fernet key (32 bytes, URL-safe base64), or None."""
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return "is not URL-safe base64"
+    if len(raw) != 32:
+        return f"decodes to {len(raw)} bytes, not 32"
+    return None
+
+
+def dsn_sslmode(dsn: str) -> str | None:
+    """The ``sslmode`` a PostgreSQL URL names in its query string, if any."""
+    values = parse_qs(urlsplit(dsn).query).get("sslmode")
+    return values[-1] if values else None
 
 
 class ServiceSettings(BaseSettings):
@@ -28,7 +75,26 @@ class ServiceSettings(BaseSettings):
         description="prepended to every topic name; empty in production, unique per test run",
     )
     person_id_secret: str = Field(DEV_PERSON_ID_SECRET, validation_alias="PERSON_ID_SECRET")
-    environment: str = Field("development", validation_alias="ENVIRONMENT")
+    environment: str = Field(
+        "production", validation_alias="ENVIRONMENT",
+        description="'development' relaxes the production checks (local scripts and tests set it "
+        "explicitly); anything else, and the default, is production",
+    )
+    data_key: str = Field(
+        DEV_DATA_KEY, validation_alias="DATA_ENCRYPTION_KEY",
+        description="current Fernet key protecting personal data at rest: the enrollment "
+        "service's identities, every service's dead letters (DLQ records and their outbox rows) "
+        "and parked records",
+    )
+    data_previous_keys: str = Field(
+        "", validation_alias="DATA_ENCRYPTION_PREVIOUS_KEYS",
+        description="comma-separated earlier Fernet keys, still accepted for reading (rotation)",
+    )
+    allow_insecure_transport: bool = Field(
+        False, validation_alias="ALLOW_INSECURE_TRANSPORT",
+        description="waives, outside development, the requirement of Kafka over TLS and "
+        "PostgreSQL with sslmode=verify-full (a named, logged exception)",
+    )
     agencies: tuple[str, ...] = Field(DEFAULT_AGENCIES, validation_alias="AGENCIES")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     topic_partitions: int = Field(12, validation_alias="TOPIC_PARTITIONS")
@@ -86,8 +152,17 @@ class ServiceSettings(BaseSettings):
     )
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/service"
+    migration_database_url: str | None = Field(
+        None, description="the DSN `migrate` uses (a role that may change the schema); unset: "
+        "DATABASE_URL. The running service then needs only data privileges",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        None, description="serve /metrics on this port only (not on the API port); unset: on "
+        "the API port, where outside development it needs a bearer token",
+    )
     consumer_group: str = ""
     auto_offset_reset: str = "earliest"
     batch_max_records: int = 5000
@@ -125,13 +200,66 @@ class ServiceSettings(BaseSettings):
     def development(self) -> bool:
         return self.environment == "development"
 
+    @property
+    def data_keys(self) -> list[str]:
+        """The at-rest keys, current first (MultiFernet order)."""
+        return [self.data_key] + [k.strip() for k in self.data_previous_keys.split(",") if k.strip()]
+
+    @property
+    def migration_dsn(self) -> str:
+        return self.migration_database_url or self.database_url
+
+    def key_problems(self) -> list[str]:
+        """Keys that cannot be used at all, in any environment (never echoing a key)."""
+        found = []
+        for index, key in enumerate(self.data_keys):
+            problem = fernet_key_problem(key)
+            if problem is not None:
+                name = ("DATA_ENCRYPTION_KEY" if index == 0
+                        else f"DATA_ENCRYPTION_PREVIOUS_KEYS entry {index}")
+                found.append(f"{name} {problem}; generate one with "
+                             "`python -m shared.runtime.crypto new-key`")
+        return found
+
     def unsafe_defaults(self) -> list[str]:
-        """Development defaults still in place, each a reason to refuse to start elsewhere."""
+        """What makes this configuration unfit outside development, each a reason to refuse to
+        start: development or placeholder secrets, weak secrets, no tokens, plaintext transport."""
         found = []
         if self.person_id_secret == DEV_PERSON_ID_SECRET:
             found.append("PERSON_ID_SECRET is the development default; set a real secret")
+        else:
+            weakness = secret_weakness(self.person_id_secret)
+            if weakness is not None:
+                found.append(f"PERSON_ID_SECRET {weakness}; use e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+        if self.data_key == DEV_DATA_KEY:
+            found.append("DATA_ENCRYPTION_KEY is the development default; set a real Fernet key")
+        elif self.data_key in KNOWN_PLACEHOLDERS:
+            found.append("DATA_ENCRYPTION_KEY is a known placeholder; set a real Fernet key")
         if not self.api_tokens.strip():
             found.append("API_TOKENS is empty; configure hashed bearer tokens (docs/SECURITY.md)")
+        if not self.allow_insecure_transport:
+            found.extend(self.transport_problems())
+        return found
+
+    def transport_problems(self) -> list[str]:
+        """Plaintext or unverified connections (waived only by ALLOW_INSECURE_TRANSPORT)."""
+        found = []
+        if self.kafka_security_protocol not in ("SASL_SSL", "SSL"):
+            found.append(
+                f"KAFKA_SECURITY_PROTOCOL is {self.kafka_security_protocol}; production needs "
+                "SASL_SSL (or SSL with a client certificate), or ALLOW_INSECURE_TRANSPORT=true"
+            )
+        for name, dsn in (("DATABASE_URL", self.database_url),
+                          ("MIGRATION_DATABASE_URL", self.migration_database_url)):
+            if dsn is None:
+                continue
+            mode = self.database_sslmode or dsn_sslmode(dsn)
+            if mode != "verify-full":
+                found.append(
+                    f"PostgreSQL ({name}) sslmode is {mode or 'unset'}; production needs "
+                    "DATABASE_SSLMODE=verify-full, or ALLOW_INSECURE_TRANSPORT=true"
+                )
         return found
 
     def topic(self, name: str) -> str:

@@ -75,6 +75,9 @@ def budgeted_policies(directory: Path) -> None:
         policy = json.loads(source.read_text())
         funds = {r["fund"] for r in policy["rules"] if r.get("fund")}
         policy["budgets"] = {f: {str(y): 5_000_000 for y in (2025, 2026, 2027)} for f in sorted(funds)}
+        # Other content, so another version name: the session's subsidy database may have
+        # loaded the defaults already, and a version stands for one content.
+        policy["version"] += "-budgeted"
         (directory / source.name).write_text(json.dumps(policy, ensure_ascii=False))
 
 

@@ -22,10 +22,11 @@ AGENCIES = ("city-a", "suqian", "baoshan", "beijing")
 # Plain tokens the tests present; the services only ever see their hashes.
 TOKENS = {agency: f"test-token-{agency}-0123456789abcdef" for agency in AGENCIES}
 TOKENS["auditor"] = "test-token-auditor-0123456789abcdef"
-API_TOKENS = orjson.dumps({
-    hash_token(token): {"role": "auditor"} if who == "auditor" else {"role": "agency", "agency": who}
-    for who, token in TOKENS.items()
-}).decode()
+TOKENS["suqian-reader"] = "test-token-suqian-reader-0123456789"  # not granted lookups
+ENTRIES = {who: {"role": "agency", "agency": who, "lookup": True} for who in AGENCIES}
+ENTRIES["auditor"] = {"role": "auditor", "lookup": True}
+ENTRIES["suqian-reader"] = {"role": "agency", "agency": "suqian"}
+API_TOKENS = orjson.dumps({hash_token(TOKENS[who]): entry for who, entry in ENTRIES.items()}).decode()
 PERSONS = 300
 SEED = 20260417
 
@@ -48,7 +49,10 @@ async def world() -> AsyncIterator[World]:
     stack = Stack()
     await stack.create_topics(PARTITIONS)
     services = {
-        name: ServiceProcess(name, stack, env={"API_TOKENS": API_TOKENS}).start() for name in SERVICES
+        # Lookups are rate-limited per token; the fuzzing below asks hundreds of times.
+        name: ServiceProcess(name, stack, env={"API_TOKENS": API_TOKENS,
+                                               "ENROLLMENT_LOOKUP_RATE_PER_MINUTE": "100000"}).start()
+        for name in SERVICES
     }
     try:
         for service in services.values():

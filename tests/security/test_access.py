@@ -1,4 +1,5 @@
-"""Every query API on the real services: no token 401, another agency 403, auditors read all."""
+"""Every query API on the real services: no token 401, another agency's person or enrollment 404
+(as an unknown one: no oracle across agencies), another agency's summary 403, auditors read all."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ async def test_an_agency_sees_only_its_own_enrollments_of_a_person_enrolled_in_t
     auditor = (await get(world, "enrollment", f"/persons/{pid}/record", "auditor")).json()
     assert {e["agency"] for e in auditor["enrollments"]} == agencies
     stranger = other_than(*agencies)
-    assert (await get(world, "enrollment", f"/persons/{pid}/record", stranger)).status_code == 403
+    foreign = await get(world, "enrollment", f"/persons/{pid}/record", stranger)
+    unknown = await get(world, "enrollment", "/persons/p_nobody/record", stranger)
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json() == unknown.json()  # "not yours" reads exactly as "not there"
     assert (await get(world, "enrollment", "/persons/p_nobody/record", "auditor")).status_code == 404
 
 
@@ -87,7 +91,9 @@ async def test_an_enrollment_is_readable_by_its_agency_and_auditors_only(world, 
     path = f"/enrollments/{row['enrollment_ref']}"
     assert (await get(world, "enrollment", path, row["agency"])).json()["agency"] == row["agency"]
     assert (await get(world, "enrollment", path, "auditor")).status_code == 200
-    assert (await get(world, "enrollment", path, other_than(row["agency"]))).status_code == 403
+    foreign = await get(world, "enrollment", path, other_than(row["agency"]))
+    unknown = await get(world, "enrollment", "/enrollments/INST-NOWHERE/1", other_than(row["agency"]))
+    assert foreign.status_code == unknown.status_code == 404 and foreign.json() == unknown.json()
 
 
 async def test_a_lookup_tells_an_agency_only_whether_the_person_is_known_to_it(world, population) -> None:
@@ -125,7 +131,9 @@ async def test_certificates_are_verified_publicly_without_personal_data_and_list
     owners = {r["agency"] for r in await fetch_rows(
         world.services["assessment"],
         f"SELECT a.agency FROM certificate c JOIN assessment a USING (assessment_ref) WHERE c.person_id = '{pid}'")}
-    assert (await get(world, "assessment", path, other_than(*owners))).status_code == 403
+    foreign = await get(world, "assessment", path, other_than(*owners))
+    unknown = await get(world, "assessment", "/persons/p_nobody/certificates", other_than(*owners))
+    assert foreign.status_code == unknown.status_code == 404 and foreign.json() == unknown.json()
 
 
 async def test_an_agency_sees_only_its_own_subsidy_decisions_of_a_person(world, population) -> None:
@@ -145,7 +153,11 @@ async def test_an_agency_sees_only_its_own_subsidy_decisions_of_a_person(world, 
         world.services["enrollment"], f"SELECT agency FROM enrollment WHERE person_id = '{pid}'")}
     stranger = next((a for a in AGENCIES if a not in agencies | enrolled_in), None)
     if stranger is not None:
-        assert (await get(world, "subsidy", path, stranger)).status_code == 403
+        foreign = await get(world, "subsidy", path, stranger)
+        assert foreign.status_code == 404
+        assert foreign.json()["error"] == "not_found"
+        unknown = await get(world, "subsidy", "/persons/p_nobody/subsidies", stranger)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
 
 
 @pytest.mark.parametrize("path", ["/agencies/{a}/summary?year=2026", "/agencies/{a}/ledger",

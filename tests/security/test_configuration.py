@@ -98,7 +98,7 @@ def test_development_defaults_are_each_named_outside_development() -> None:
 
 def test_development_without_tokens_runs_open_with_a_loud_warning(caplog) -> None:
     with caplog.at_level("WARNING"):
-        table = check_settings(settings())
+        table = check_settings(settings(ENVIRONMENT="development"))
     assert table.open
     assert "OPEN" in caplog.text
 

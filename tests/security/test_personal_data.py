@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.contract import topics
-from tests.harness import KAFKA, Stack, wait_for
+from shared.runtime import crypto
+from tests.harness import KAFKA, TEST_KEYRING, Stack, wait_for
 from tools.population import Population
 
 from .conftest import SERVICES, World
@@ -100,9 +101,16 @@ async def test_no_national_id_or_name_appears_outside_ingress_for_a_demo_populat
                 found.append(f"{topic} header {name}")
         if topic.endswith(".dlq"):
             # A dead letter's value is the upstream's own record, kept replayable for operators
-            # (docs/SECURITY.md): allowed to carry personal data only as exactly that record.
+            # but sealed (docs/SECURITY.md §2): nothing readable on the topic, and once opened
+            # personal data only as exactly that record.
             dead += 1
-            if leaks(value, wanted) and value not in upstream_values:
+            if leaks(value, wanted):
+                found.append(f"{topic} value in clear")
+            if crypto.KEY_ID_HEADER not in dict(headers):
+                found.append(f"{topic} value without {crypto.KEY_ID_HEADER}")
+                continue
+            opened = TEST_KEYRING.open(value)
+            if leaks(opened, wanted) and opened not in upstream_values:
                 found.append(f"{topic} value that is not an upstream record")
         elif leaks(value, wanted):
             found.append(f"{topic} value: {sorted(leaks(value, wanted))[:2]}")
@@ -122,7 +130,8 @@ async def test_no_national_id_or_name_appears_outside_ingress_for_a_demo_populat
 
 async def test_the_assessment_and_subsidy_databases_hold_no_national_id_or_name(world: World, population: Population) -> None:
     wanted = needles(personal_data(population)["national_id"] | personal_data(population)["name"])
-    # pending and outbox are transient queues of raw records; everything else is kept.
+    # pending and outbox hold raw records sealed (bytea, read as hex here): their sealing is
+    # checked on a parked record and a dead letter in test_hardening_stack.py.
     for name in ("assessment", "subsidy"):
         conn = await world.services[name].db()
         try:

@@ -42,7 +42,8 @@ async def test_production_with_every_development_default_refuses_to_start_and_na
 
 async def test_production_with_only_the_development_data_key_left_refuses_to_start(scratch) -> None:
     said = await refusal(ServiceProcess("enrollment", scratch, env={
-        "ENVIRONMENT": "production", "DATA_ENCRYPTION_KEY": DEV_DATA_KEY, "API_TOKENS": API_TOKENS}))
+        "ENVIRONMENT": "production", "DATA_ENCRYPTION_KEY": DEV_DATA_KEY, "API_TOKENS": API_TOKENS,
+        "PERSON_ID_SECRET": "Vq3x-Jk9Lm2Pz7Rt5Wy8Nb4Hc6Df1Gs0Ae_Qu", "ALLOW_INSECURE_TRANSPORT": "true"}))
     assert "DATA_ENCRYPTION_KEY" in said
     assert "PERSON_ID_SECRET" not in said and "API_TOKENS" not in said
 

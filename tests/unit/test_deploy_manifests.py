@@ -93,7 +93,7 @@ def test_compose_runs_each_service_on_its_port_from_the_dockerfile_image() -> No
         assert service["command"][0] == f"services.{name}"
         assert service["environment"][f"{name.upper()}_HTTP_PORT"] == str(port)
         assert service["environment"][f"{name.upper()}_HTTP_HOST"] == "0.0.0.0"
-        assert service["ports"] == [f"{port}:{port}"]
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]  # never on every interface
         assert service["image"].split(":")[0] == SERVICE_IMAGE
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (COMPOSE.parent / service["build"]["context"] / "deploy" / "Dockerfile").exists()
@@ -156,14 +156,14 @@ def test_k8s_probes_hit_readyz_and_healthz_on_the_service_port() -> None:
     for name, deployment in deployments().items():
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"http": PORTS[name]}
+        assert ports == {"http": PORTS[name], "metrics": PORTS[name] + 1100}
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env[f"{name.upper()}_HTTP_PORT"] == str(PORTS[name])
         assert env[f"{name.upper()}_HTTP_HOST"] == "0.0.0.0"
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(PORTS[name])
+        assert annotations["prometheus.io/port"] == str(PORTS[name] + 1100)  # METRICS_PORT
         [port] = services[name]["spec"]["ports"]
         assert port["port"] == PORTS[name] and port["targetPort"] == "http"
         assert services[name]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -172,7 +172,7 @@ def test_k8s_probes_hit_readyz_and_healthz_on_the_service_port() -> None:
 def test_k8s_mounts_the_policies_configmap_where_the_subsidy_service_reads_them() -> None:
     spec = deployments()["subsidy"]["spec"]["template"]["spec"]
     [container] = spec["containers"]
-    [mount] = container["volumeMounts"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "policies"]
     [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SUBSIDY_POLICY_DIR"] == mount["mountPath"]
