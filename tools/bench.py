@@ -542,6 +542,56 @@ class Sample:
 
 
 @dataclass
+class OverlapProbe:
+    """Polls /healthz of every replica of a service that runs several, every ``interval``
+    seconds, and counts the instants at which two or more of them were inside a batch at once:
+    the direct sight of replicas working at the same time (no global lock serialising them)."""
+
+    def __init__(self, world: World, interval: float = 0.02) -> None:
+        self.interval = interval
+        by_name: dict[str, list[ServiceProcess]] = {}
+        for service in world.processes():
+            by_name.setdefault(service.name, []).append(service)
+        self.groups = {name: procs for name, procs in by_name.items() if len(procs) > 1}
+        self.polls: Counter[str] = Counter()
+        self.busy: Counter[str] = Counter()  # polls with at least one replica in a batch
+        self.together: Counter[str] = Counter()  # polls with two or more
+        self.started = self.stopped = 0.0
+
+    @staticmethod
+    def _in_batch(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(orjson.loads(r.read()).get("in_batch"))
+        except (OSError, ValueError):
+            return False
+
+    async def run(self) -> None:
+        self.started = time.time()
+        try:
+            while self.groups:
+                for name, procs in self.groups.items():
+                    states = await asyncio.gather(*(asyncio.to_thread(self._in_batch, p.port)
+                                                    for p in procs))
+                    self.polls[name] += 1
+                    self.busy[name] += any(states)
+                    self.together[name] += sum(states) >= 2
+                await asyncio.sleep(self.interval)
+        finally:
+            self.stopped = time.time()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        seconds = max(self.stopped - self.started, 1e-9)
+        return {name: {"polls": self.polls[name], "busy_polls": self.busy[name],
+                       "together_polls": self.together[name],
+                       "together_share_of_busy": round(self.together[name] / self.busy[name], 3)
+                       if self.busy[name] else 0.0,
+                       "together_seconds_estimate": round(
+                           seconds * self.together[name] / self.polls[name], 1)
+                       if self.polls[name] else 0.0}
+                for name in self.groups}
+
+
 class Monitor:
     """Samples each service's committed offsets and its process figures."""
 
@@ -766,9 +816,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 pids.setdefault(svc.name, []).append(svc.proc.pid)
         cpu_before, cpu_at = cpu_snapshot(pids), time.time()
         batches_before = read_batch_counters(world)
-        first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
+        overlap = OverlapProbe(world)
+        probing = asyncio.create_task(overlap.run())
+        try:
+            first = await stream_two_phases(world, pop, fast_t, fast_a, monitor, budget, phases)
+        finally:
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
         cpu_used = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
         batches = batch_summary(batches_before, read_batch_counters(world), time.time() - cpu_at)
+        for name, seen in overlap.summary().items():
+            batches[name]["replicas_in_batch_at_once"] = seen
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
         await asyncio.sleep(1.0)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
@@ -922,7 +980,12 @@ def table(result: dict[str, Any]) -> str:
                 lines.append(f"{'      replica ' + name + ': batches, busy s':44} "
                              f"{r['batches']}, {r['busy_seconds']}")
         if b and "parallelism" in b:
-            lines.append(f"{'      replicas busy at once (busy s / wall s)':44} {b['parallelism']:>14}")
+            lines.append(f"{'      replicas busy s / wall s':44} {b['parallelism']:>14}")
+        if b and "replicas_in_batch_at_once" in b:
+            o = b["replicas_in_batch_at_once"]
+            lines.append(f"{'      polls with 2+ replicas in a batch at once':44} "
+                         f"{o['together_polls']} of {o['busy_polls']} busy "
+                         f"({100 * o['together_share_of_busy']:.0f} %), ~{o['together_seconds_estimate']} s")
     lines += [
         f"{'latency at ' + format(lat['rate'], 'g') + ' events/s p50 (ms)':44} {lat['p50_ms']:>14}",
         f"{'  p95 (ms)':44} {lat['p95_ms']:>14}",

@@ -229,6 +229,7 @@ class BatchConsumer:
         self.timeout_ms = timeout_ms
         self.crash_after_db_commit = crash_after_db_commit
         self.healthy = False
+        self.in_batch = False  # inside a batch's transaction right now
         self.last_poll = 0.0
         # Last time the consumer moved on: a slice of records committed, or a poll found nothing
         # waiting. /healthz fails when this is too old (a partition that does not move).
@@ -302,12 +303,15 @@ class BatchConsumer:
             for records in batch.values() for r in records
         ]
         metrics.BATCH_SIZE.observe(len(records))
+        self.in_batch = True  # /healthz shows it: the bench observes replicas working at once
         try:
             await self.store(records)
         except db.DATABASE_ERRORS as exc:
             if not db.refused(exc):
                 raise
             await self.isolate(records, exc)
+        finally:
+            self.in_batch = False
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self.relay.wake.set()
         if self.crash_after_db_commit:

@@ -153,7 +153,10 @@ def http_app(
                     {"status": "stalled", "seconds_without_progress": round(stalled)},
                     status_code=503,
                 )
-        return JSONResponse({"status": "ok"})
+        # in_batch: inside a batch's transaction at this instant (no data; the bench samples it
+        # to show replicas of one service working at the same time).
+        return JSONResponse({"status": "ok",
+                             "in_batch": runtime is not None and runtime.batches.in_batch})
 
     async def readyz(request: Request) -> Response:
         """Readiness: database, Kafka, consumer and relay."""

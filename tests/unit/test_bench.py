@@ -4,11 +4,14 @@ the profile summary."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 
 from tools.bench import (
     batch_counters,
+    OverlapProbe,
     batch_summary,
     completeness,
     cpu_split,
@@ -158,3 +161,21 @@ def test_replicas_busy_at_once_is_their_busy_seconds_over_the_wall_clock() -> No
     assert summary["subsidy"]["parallelism"] == 1.1
     assert summary["subsidy#2"]["busy_seconds"] == 5.0
     assert "parallelism" not in summary["enrollment"]
+
+
+def test_the_overlap_probe_counts_instants_with_two_replicas_in_a_batch() -> None:
+    class World:  # two subsidy replicas and one enrollment process
+        def processes(self) -> list[Any]:
+            return [SimpleNamespace(name="subsidy", port=1), SimpleNamespace(name="subsidy", port=2),
+                    SimpleNamespace(name="enrollment", port=3)]
+
+    probe = OverlapProbe(World())  # type: ignore[arg-type]
+    assert set(probe.groups) == {"subsidy"}
+    probe.started, probe.stopped = 0.0, 10.0
+    for states in ([True, True], [True, False], [False, False], [True, True]):
+        probe.polls["subsidy"] += 1
+        probe.busy["subsidy"] += any(states)
+        probe.together["subsidy"] += sum(states) >= 2
+    assert probe.summary() == {"subsidy": {
+        "polls": 4, "busy_polls": 3, "together_polls": 2, "together_share_of_busy": 0.667,
+        "together_seconds_estimate": 5.0}}
