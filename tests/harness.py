@@ -212,7 +212,9 @@ class ServiceProcess:
                 self.kill()
 
     async def db(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.stack.db_url(self.name))
+        """The service's database (its own DATABASE_URL when the test gave it one)."""
+        url = self.env.get(f"{PORTS[self.name]}_DATABASE_URL") or self.stack.db_url(self.name)
+        return await asyncpg.connect(url)
 
 
 class Producer:

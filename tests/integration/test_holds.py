@@ -53,6 +53,9 @@ async def services(stack: Stack, tmp_path_factory: pytest.TempPathFactory
         shutil.copy(path, policies / path.name)
     beijing = json.loads((policies / "beijing.json").read_text())
     beijing["budgets"] = {"unemployment_insurance": {"2026": BEIJING_BUDGET}}
+    # Other content under the shipped version name would be refused by a database (this
+    # session's) that recorded the shipped file: a version names one content.
+    beijing["version"] = "2020-01-holds-test"
     (policies / "beijing.json").write_text(json.dumps(beijing))
     tokens = json.dumps({hash_token(t): entry for t, entry in TOKENS.items()})
     found = {

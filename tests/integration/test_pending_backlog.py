@@ -32,8 +32,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract import topics
 from shared.contract.envelope import encode_raw
+from shared.runtime import crypto
 from tests import builders as b
-from tests.harness import KAFKA, SECRET, Producer, ServiceProcess, Stack, wait_for
+from tests.harness import KAFKA, SECRET, TEST_KEYRING, Producer, ServiceProcess, Stack, wait_for
 from tools.bench import World, produce
 from tools.expected import expected_assessment_events, expected_enrollment_events
 from tools.population import Record
@@ -102,11 +103,14 @@ async def collect(stack: Stack, seen: Seen) -> None:
                 event = orjson.loads(r.value)
                 seen.assessment_events.add((event["type"], event["id"]))
                 continue
+            h = {k: v.decode() for k, v in r.headers}
+            value = r.value
+            if crypto.KEY_ID_HEADER in h:  # dead letters are sealed at rest (docs/SECURITY.md §2)
+                value = TEST_KEYRING.open(value)
             try:
-                event = orjson.loads(r.value)
+                event = orjson.loads(value)
             except orjson.JSONDecodeError:
                 event = {}  # a malformed_json dead letter
-            h = {k: v.decode() for k, v in r.headers}
             position = (service, h["original-topic"], h["original-partition"], h["original-offset"])
             seen.letters[position] = Letter(service, r.timestamp / 1000, h["error-code"], event)
     finally:

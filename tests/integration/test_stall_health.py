@@ -27,7 +27,13 @@ COLLECT = (topics.ENROLLMENT_EVENTS,)
 
 @pytest.fixture(scope="module")
 async def enrollment(stack: Stack) -> AsyncIterator[ServiceProcess]:
-    service = ServiceProcess("enrollment", stack, env={"ENROLLMENT_CONSUMER_STALL_SECONDS": "2"})
+    # A group and a database of its own: no other module's enrollment service may take the
+    # record this test blocks, and the lock it takes blocks only this service.
+    service = ServiceProcess("enrollment", stack, env={
+        "ENROLLMENT_CONSUMER_STALL_SECONDS": "2",
+        "ENROLLMENT_CONSUMER_GROUP": stack.prefix + "stall-health",
+        "ENROLLMENT_DATABASE_URL": stack.db_url("enrollment") + "_stall",
+    })
     service.start()
     await service.wait_ready()
     yield service
