@@ -541,7 +541,6 @@ class Sample:
     committed: dict[str, int]
 
 
-@dataclass
 class OverlapProbe:
     """Polls /healthz of every replica of a service that runs several, every ``interval``
     seconds, and counts the instants at which two or more of them were inside a batch at once:
@@ -592,6 +591,7 @@ class OverlapProbe:
                 for name in self.groups}
 
 
+@dataclass
 class Monitor:
     """Samples each service's committed offsets and its process figures."""
 

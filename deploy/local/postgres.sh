@@ -99,6 +99,10 @@ listen_addresses = '127.0.0.1'
 port = ${PGPORT}
 unix_socket_directories = '${SOCKDIR}'
 max_connections = 200
+# Per-person and per-reference advisory locks: a batch of 5,000 records can hold ~10,000 of
+# them; the shared lock table holds max_locks_per_transaction x max_connections (64 x 200 by
+# default), which several replicas' batches at once would exhaust ("out of shared memory").
+max_locks_per_transaction = 512
 # Sized like a server that keeps a large store: the inbox and decision indexes of a million
 # persons are gigabytes, and with a small cache and frequent checkpoints every write to them
 # costs a read and a full-page image in the WAL. Durability settings stay at their defaults.

@@ -39,10 +39,16 @@ MONTH = "skills.training.WorkTrainingMonthRecorded.v1"
 # Transaction-scoped locks on persons, taken in one order (sorted keys) so that two batches
 # never wait on each other in a cycle; the same key as every per-person lock of the services.
 # A person's attendance on given dates over all their enrollments (every institution, agency).
+# Driven from the batch's (person, date) pairs through the indexes (enrollment by person,
+# attendance by (enrollment_ref, date)): LATERAL keeps the planner from hashing whole tables,
+# which made every batch slower as the history grew (2.7 s a batch at 6,000 persons).
 PERSON_DAYS = (
-    "SELECT e.person_id, e.enrollment_ref, e.agency, a.date, a.hours"
-    " FROM enrollment e JOIN attendance a USING (enrollment_ref)"
-    " WHERE (e.person_id, a.date) IN (SELECT * FROM unnest($1::text[], $2::date[]))"
+    "SELECT p.person_id, e.enrollment_ref, e.agency, a.date, a.hours"
+    " FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::date[])) AS p(person_id, date)"
+    " CROSS JOIN LATERAL (SELECT enrollment_ref, agency FROM enrollment"
+    "  WHERE enrollment.person_id = p.person_id) AS e"
+    " CROSS JOIN LATERAL (SELECT attendance.date, attendance.hours FROM attendance"
+    "  WHERE attendance.enrollment_ref = e.enrollment_ref AND attendance.date = p.date) AS a"
 )
 
 
