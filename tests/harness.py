@@ -300,6 +300,17 @@ class Collector:
                 found, r.timestamp, r.partition, sealed,
             ))
 
+    async def caught_up(self) -> bool:
+        """The collector has read every record written so far to its topics."""
+        assignment = list(self.consumer.assignment())
+        if not assignment:
+            return False
+        ends = await self.consumer.end_offsets(assignment)
+        for tp in assignment:
+            if await self.consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
     def events(self, topic: str, type_suffix: str = "", where: Callable[[dict[str, Any]], bool] = lambda e: True) -> list[dict[str, Any]]:
         found = []
         for r in self.records:

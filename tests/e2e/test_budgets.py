@@ -87,7 +87,7 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
                               report=tmp_path_factory.mktemp("budgets") / "demo.html", policy_dir=BUDGETED)
             terminal = io.StringIO()
             report, path = await run_demo(options, Console(file=terminal, width=220))
-            await wait_for(lambda: _caught_up(collector), 60, "the collector caught up")
+            await wait_for(lambda: collector.caught_up(), 60, "the collector caught up")
             yield Run(report, path.read_text(encoding="utf-8"), terminal.getvalue(), services["subsidy"],
                       list(collector.records))
     finally:
@@ -96,15 +96,6 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
         await stack.drop()
 
 
-async def _caught_up(collector: Collector) -> bool:
-    assignment = list(collector.consumer.assignment())
-    if not assignment:
-        return False
-    ends = await collector.consumer.end_offsets(assignment)
-    for tp in assignment:
-        if await collector.consumer.position(tp) < ends[tp]:
-            return False
-    return True
 
 
 def _budget(key: Key) -> int | None:

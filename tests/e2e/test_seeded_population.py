@@ -77,16 +77,6 @@ async def scalar(service: ServiceProcess, sql: str) -> Any:
         await conn.close()
 
 
-async def caught_up(collector: Collector) -> bool:
-    """The collector has read every record written so far to its topics."""
-    assignment = list(collector.consumer.assignment())
-    if not assignment:
-        return False
-    ends = await collector.consumer.end_offsets(assignment)
-    for tp in assignment:
-        if await collector.consumer.position(tp) < ends[tp]:
-            return False
-    return True
 
 
 def published(collector: Collector, topic: str) -> list[dict[str, Any]]:
@@ -165,7 +155,7 @@ async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> N
                        budget, "the subsidy service consumed every internal event")
         await wait_for(lambda: _count(services["subsidy"], "SELECT count(*) = 0 FROM outbox", 1),
                        budget, "the subsidy outbox drained")
-        await wait_for(lambda: caught_up(collector), 30, "the collector caught up")
+        await wait_for(lambda: collector.caught_up(), 30, "the collector caught up")
 
         enrollment = published(collector, topics.ENROLLMENT_EVENTS)
         assessment = published(collector, topics.ASSESSMENT_EVENTS)
