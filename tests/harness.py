@@ -262,6 +262,18 @@ class Received:
         return orjson.loads(self.value)  # type: ignore[no-any-return]
 
 
+async def consumer_caught_up(consumer: AIOKafkaConsumer) -> bool:
+    """``consumer`` has read every record written so far to the partitions it is assigned."""
+    assignment = list(consumer.assignment())
+    if not assignment:
+        return False
+    ends = await consumer.end_offsets(assignment)
+    for tp in assignment:
+        if await consumer.position(tp) < ends[tp]:
+            return False
+    return True
+
+
 class Collector:
     """Reads topics from the beginning in the background; tests wait on what it gathered."""
 
@@ -302,14 +314,7 @@ class Collector:
 
     async def caught_up(self) -> bool:
         """The collector has read every record written so far to its topics."""
-        assignment = list(self.consumer.assignment())
-        if not assignment:
-            return False
-        ends = await self.consumer.end_offsets(assignment)
-        for tp in assignment:
-            if await self.consumer.position(tp) < ends[tp]:
-                return False
-        return True
+        return await consumer_caught_up(self.consumer)
 
     def events(self, topic: str, type_suffix: str = "", where: Callable[[dict[str, Any]], bool] = lambda e: True) -> list[dict[str, Any]]:
         found = []

@@ -49,7 +49,7 @@ from aiokafka.structs import TopicPartition
 from shared.contract import topics
 from shared.contract.envelope import headers
 from services.subsidy.policy import load_policy_dir
-from tests.harness import KAFKA, ROOT, SECRET, ServiceProcess, Stack, wait_for
+from tests.harness import KAFKA, ROOT, SECRET, ServiceProcess, Stack, consumer_caught_up, wait_for
 from tools.expected import Out, expected_outcome, national_ids_by_lane, persons_in_several_lanes
 from tools.population import Population, Record
 from tools.simulate import simulate
@@ -525,14 +525,7 @@ class Decisions:
                 self.values.extend((r.timestamp, r.value) for r in records)
 
     async def caught_up(self) -> bool:
-        assignment = list(self.consumer.assignment())
-        if not assignment:
-            return False
-        ends = await self.consumer.end_offsets(assignment)
-        for tp in assignment:
-            if await self.consumer.position(tp) < ends[tp]:
-                return False
-        return True
+        return await consumer_caught_up(self.consumer)
 
 
 @dataclass
