@@ -13,8 +13,10 @@ E2E_PERSONS (default 10000: about 90 s on a 2-core box), E2E_SEED (default 20260
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +43,10 @@ PARTITIONS = 4
 SERVICES = ("enrollment", "assessment", "subsidy")
 OUTPUTS = (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_EVENTS)
 DLQS = tuple(topics.dlq(s) for s in SERVICES)
+# The published bytes of a run, recorded once (E2E_RECORD_GOLDEN=1) and compared on every run
+# with the same parameters: a refactoring must not change a byte of what the services publish.
+GOLDEN = ROOT / "tests/e2e/golden" / f"seeded-{SEED}-{PERSONS}-{int(DISORDER)}.sha256"
+TRACEPARENT = re.compile(rb',?"traceparent":"[^"]*"')
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +191,32 @@ async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> N
         assert not retired & (set(dead_letter_codes(collector, DLQS[0]))
                               | set(dead_letter_codes(collector, DLQS[1])))
 
+        digest = published_digest(collector)
+        if os.environ.get("E2E_RECORD_GOLDEN") == "1":
+            GOLDEN.parent.mkdir(exist_ok=True)
+            GOLDEN.write_text(digest + "\n")
+        elif GOLDEN.exists() or not {"E2E_PERSONS", "E2E_SEED", "E2E_DISORDER"} & set(os.environ):
+            assert GOLDEN.exists(), f"no recorded run {GOLDEN.name}: record one on a known-good commit"
+            assert digest == GOLDEN.read_text().strip(), (
+                f"the published bytes differ from the recorded run {GOLDEN.name}")
+
         # The oracle above is the engine (services.subsidy.replay): the money itself is checked
         # here by other means, from the policy files and the published facts.
         problems = money_problems(services["subsidy"], enrollment + assessment, subsidy)
         assert problems == [], f"{len(problems)} money problems, e.g.\n" + "\n".join(problems[:20])
+
+
+def published_digest(collector: Collector) -> str:
+    """SHA-256 over every record published to the output topics: (topic, key, value bytes),
+    sorted, with a trace context (which belongs to the run, not to the decision) cut out."""
+    lines = sorted(
+        (r.topic.encode(), (r.key or "").encode(), TRACEPARENT.sub(b"", r.value))
+        for r in collector.records if r.topic in OUTPUTS
+    )
+    h = hashlib.sha256()
+    for topic, key, value in lines:
+        h.update(b"%d:%s%d:%s%d:%s" % (len(topic), topic, len(key), key, len(value), value))
+    return h.hexdigest()
 
 
 def money_problems(subsidy_service: ServiceProcess, facts: list[dict[str, Any]],
