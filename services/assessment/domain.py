@@ -253,6 +253,7 @@ def keys(commands: Any) -> list[str]:
 def awaited(commands: Any) -> list[str]:
     """The keys whose parked records these commands may release: the enrollments they accept
     and the certificates their results may issue."""
+    commands = list(commands)
     return ([ENROLLMENT + c.enrollment_ref for c in commands if isinstance(c, EnrollmentAccepted)]
             + [CERTIFICATE + certificate_id(c.assessment_ref)
                for c in commands if isinstance(c, RecordResult)])
