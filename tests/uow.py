@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg

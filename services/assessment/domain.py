@@ -1,8 +1,9 @@
 """Pure rules of assessments and certificates: level checks, duplicates, certificate ids, revocation.
 
-Standard library only, no I/O. The handler loads a snapshot through the store, `decide`s the
-batch on it (these rules, in event order) and records what it returns; EVENTS.md §4.2/§5.2 and POLICY.md §5 ("Each passed assessment issues one
-certificate", revocation) are what they implement.
+Standard library only, no I/O. The handler loads a snapshot through the store, `Decider`
+decides the batch on it (these rules, in event order) and the handler records what it returns;
+EVENTS.md §4.2/§5.2 and POLICY.md §5 ("Each passed assessment issues one certificate",
+revocation) are what they implement.
 """
 
 from __future__ import annotations

@@ -304,7 +304,8 @@ class MemoryEnrollmentStore:
         return snapshot
 
     async def record(self, conn: Any, changes: Changes) -> None:
-        self.pending = [p for p in self.pending if p[0] not in set(changes.replayed)]
+        replayed = set(changes.replayed)
+        self.pending = [p for p in self.pending if p[0] not in replayed]
         for pid, values in changes.trainees.items():
             self.trainees.setdefault(pid, values)
         for enr in changes.enrollments:
