@@ -1,8 +1,8 @@
 """Pure rules of the training lifecycle: acceptance, attendance, closing, work months.
 
 Standard library only, no I/O. The handler loads a snapshot through the store, `Decider`
-decides the batch on it (these rules, in event order) and the handler records what it returns; POLICY.md §5 "Facts and
-dates" and §6 (integrity checks) are what they implement.
+decides the batch on it (these rules, in event order) and the handler records what it returns;
+POLICY.md §5 "Facts and dates" and §6 (integrity checks) are what they implement.
 """
 
 from __future__ import annotations
