@@ -1,16 +1,21 @@
 """Pure rules of the training lifecycle: acceptance, attendance, closing, work months.
 
-Standard library only. The handler loads state, calls these functions in event order and
-stores what they return; POLICY.md §5 "Facts and dates" is what they implement.
+Standard library only, no I/O. The handler loads a snapshot through the store, `Decider`
+decides the batch on it (these rules, in event order) and the handler records what it returns;
+POLICY.md §5 "Facts and dates" and §6 (integrity checks) are what they implement.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 MAX_HOURS_PER_DAY = Decimal(12)
 
@@ -176,3 +181,319 @@ def next_month_index(enrollment: Enrollment) -> int:
 def number(value: Decimal) -> int | float:
     """Hours for JSON: an integer where whole (the common case), otherwise a decimal number."""
     return int(value) if value == value.to_integral_value() else float(value)
+
+
+# ---- deciding a batch on a loaded snapshot ------------------------------------------------------
+#
+# The handler turns each record into one of the commands below (validating identity, building the
+# contract payloads, which need the contract and the person_id secret), the store loads a
+# `Snapshot` of everything the batch's commands touch, and `decide` applies the commands in order
+# without reading anything more: it returns the `Changes` to record and the `effects` to send
+# (events and dead letters, in order). ``cause`` is the record a command came from: opaque here,
+# handed back in effects and parked records.
+
+
+@dataclass(frozen=True)
+class Command:
+    cause: Any
+    enrollment_ref: str
+    institution_id: str
+
+
+@dataclass(frozen=True)
+class Enrol(Command):
+    """TraineeEnrolled. ``person_id`` is None and ``refusal`` set when the national id is invalid;
+    ``accepted`` is the EnrollmentAccepted payload to publish (opaque), ``accepted_json`` the same
+    as JSON (what the enrollment row keeps)."""
+
+    agency: str
+    source: str
+    id: str
+    event_time: dt.datetime
+    person_id: str | None
+    refusal: tuple[str, str] | None
+    national_id: str
+    name: str
+    course_id: str
+    start_date: dt.date
+    end_date: dt.date
+    planned_hours: int
+    accepted: Any
+    accepted_json: dict | None
+
+
+@dataclass(frozen=True)
+class Attend(Command):
+    date: dt.date
+    hours: Decimal
+
+
+@dataclass(frozen=True)
+class Finish(Command):
+    finished_on: dt.date
+
+
+@dataclass(frozen=True)
+class Withdraw(Command):
+    withdrawn_on: dt.date
+
+
+@dataclass(frozen=True)
+class Month(Command):
+    month: str
+    wages_fen: int
+
+
+@dataclass(frozen=True)
+class Other(Command):
+    """A record type the service does not consume (the decoder admits none today)."""
+
+    type: str
+
+
+CLOSING = (Finish, Withdraw)
+
+
+@dataclass
+class Snapshot:
+    """What a batch's decisions read, loaded before deciding (under the batch's locks).
+
+    ``enrollments``: every enrollment the commands name and every enrollment of the persons who
+    enrol, in the store's order (the duplicate check names the first overlapping one), with
+    ``attendance`` loaded for those a command closes and ``months`` for those a month names;
+    ``waiting``: the stored parked commands of the enrollments enrolled now, by ref, in arrival
+    order with their ``pending`` seq; ``day_hours``: (person, date) -> enrollment -> hours over
+    all the person's enrollments for every date the batch records attendance on;
+    ``agency_of``: the agency of those enrollments; ``flagged``: the (enrollment, check) flags
+    of the persons involved."""
+
+    enrollments: dict[str, Enrollment] = field(default_factory=dict)
+    waiting: dict[str, list[tuple[int, Command]]] = field(default_factory=dict)
+    day_hours: dict[tuple[str, dt.date], dict[str, Decimal]] = field(default_factory=dict)
+    agency_of: dict[str, str] = field(default_factory=dict)
+    flagged: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """What a batch writes: ``trainees`` in clear (the store seals them), the new or changed
+    ``enrollments``, attendance by (ref, date), months (ref, month, wages, index), rejections
+    (source, id, ref, person, reason, detail, agency), flags (ref, check, person, date, detail),
+    records ``parked`` as (ref, cause) and the ``replayed`` pending seqs to delete."""
+
+    replayed: list[int] = field(default_factory=list)
+    trainees: dict[str, tuple[str, str]] = field(default_factory=dict)
+    enrollments: list[Enrollment] = field(default_factory=list)
+    attendance: dict[tuple[str, dt.date], Decimal] = field(default_factory=dict)
+    months: list[tuple[str, str, int, int]] = field(default_factory=list)
+    rejections: list[tuple[str, str, str, str | None, str, str, str]] = field(default_factory=list)
+    flags: list[tuple[str, str, str, dt.date, str]] = field(default_factory=list)
+    parked: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """An event to publish: the contract payload ``event`` built from ``fields`` (or ``payload``
+    when the handler built it already), at the time of its ``cause``."""
+
+    event: str
+    fields: dict[str, Any] | None
+    payload: Any
+    id: str
+    subject: str
+    agency: str
+    cause: Any
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    cause: Any
+    code: str
+    detail: str
+
+
+Effect = Publish | DeadLetter
+
+
+class Decider:
+    """One batch's decisions on a snapshot (which it updates as the batch goes)."""
+
+    def __init__(self, snapshot: Snapshot, catalogues: Catalogues, plan_slack_days: int,
+                 daily_hours_limit: Decimal) -> None:
+        self.snapshot = snapshot
+        self.catalogues = catalogues
+        self.plan_slack_days = plan_slack_days
+        self.daily_hours_limit = daily_hours_limit
+        self.enrollments = snapshot.enrollments
+        self.by_person: dict[str, list[Enrollment]] = {}
+        for enr in snapshot.enrollments.values():
+            self.by_person.setdefault(enr.person_id, []).append(enr)
+        self.waiting = snapshot.waiting
+        self.parked: list[tuple[str, Command]] = []
+        self.changes = Changes()
+        self.effects: list[Effect] = []
+
+    def decide(self, commands: list[Command]) -> tuple[Changes, list[Effect]]:
+        for command in commands:
+            self.handle(command)
+        self.changes.enrollments = [e for e in self.enrollments.values() if e.dirty]
+        self.changes.parked = [(ref, c.cause) for ref, c in self.parked]
+        return self.changes, self.effects
+
+    def handle(self, command: Command) -> None:
+        try:
+            if isinstance(command, Enrol):
+                self.enrolled(command)
+                return
+            enr = self.enrollments.get(command.enrollment_ref)
+            if enr is None:
+                self.parked.append((command.enrollment_ref, command))
+                return
+            check_institution(enr, command.institution_id)
+            if not enr.is_open:
+                log.info("record after the enrollment closed is ignored",
+                         extra={"type": type(command).__name__, "enrollment_ref": enr.enrollment_ref})
+                return
+            if isinstance(command, Attend):
+                self.attended(enr, command)
+            elif isinstance(command, Finish):
+                self.closed(enr, command, "completed", command.finished_on)
+            elif isinstance(command, Withdraw):
+                self.closed(enr, command, "withdrawn", command.withdrawn_on)
+            elif isinstance(command, Month):
+                self.month(enr, command)
+            else:
+                self.effects.append(DeadLetter(
+                    command.cause, "unknown_type",
+                    f"{getattr(command, 'type', '?')} is not consumed by the enrollment service"))
+        except Refusal as refusal:
+            self.effects.append(DeadLetter(command.cause, refusal.code, refusal.detail))
+
+    def enrolled(self, c: Enrol) -> None:
+        """Validate identity, refuse duplicates and uncatalogued courses, accept the rest."""
+        if c.refusal is not None:
+            raise Refusal(*c.refusal)
+        pid = c.person_id
+        assert pid is not None
+        if c.enrollment_ref in self.enrollments:
+            self.reject(c, pid, "duplicate_enrollment",
+                        f"enrollment_ref {c.enrollment_ref} is already known")
+            return
+        refusal = self.catalogues.of(c.agency).refusal(c.institution_id, c.course_id)
+        if refusal is not None:
+            self.reject(c, pid, *refusal)
+            return
+        twin = overlapping(self.by_person.get(pid, []), c.course_id, c.start_date, c.end_date)
+        if twin is not None:
+            # Another agency's enrollment is never named to this one (docs/SECURITY.md §1).
+            whose = f" ({twin.enrollment_ref})" if twin.agency == c.agency else ""
+            self.reject(c, pid, "duplicate_enrollment",
+                        f"already enrolled in course {c.course_id} over overlapping dates{whose}")
+            return
+        if pid not in self.changes.trainees:
+            self.changes.trainees[pid] = (c.national_id, c.name)
+        assert c.accepted_json is not None
+        enr = Enrollment(
+            enrollment_ref=c.enrollment_ref, agency=c.agency, person_id=pid,
+            institution_id=c.institution_id, course_id=c.course_id, start_date=c.start_date,
+            end_date=c.end_date, planned_hours=c.planned_hours, accepted=c.accepted_json,
+            event_time=c.event_time, attendance={}, months={}, dirty=True, new=True,
+        )
+        self.enrollments[enr.enrollment_ref] = enr
+        self.by_person.setdefault(pid, []).append(enr)
+        self.emit(enr, "EnrollmentAccepted", None, f"enrollment-accepted/{enr.enrollment_ref}", c,
+                  payload=c.accepted)
+        self.replay_parked(enr.enrollment_ref)
+
+    def attended(self, enr: Enrollment, c: Attend) -> None:
+        """A second record for the same enrollment and date replaces the first (POLICY §5).
+        The attendance counts wherever it is dated; the integrity checks (POLICY §6) flag the
+        enrollment (far_outside_plan) or every enrollment of the person with hours that day
+        (daily_hours_exceeded) so that the subsidy service holds their money for review."""
+        check_attendance(c.hours)
+        self.changes.attendance[(enr.enrollment_ref, c.date)] = c.hours
+        if enr.attendance is not None:
+            enr.attendance[c.date] = c.hours
+        day = self.snapshot.day_hours[(enr.person_id, c.date)]  # loaded for every attendance
+        day[enr.enrollment_ref] = c.hours
+        self.snapshot.agency_of[enr.enrollment_ref] = enr.agency
+        detail = outside_plan(enr, c.date, self.plan_slack_days)
+        if detail is not None:
+            self.flag(enr.enrollment_ref, enr.person_id, FAR_OUTSIDE_PLAN, c.date, detail, c)
+        over = over_daily_hours(day, c.date, self.daily_hours_limit)
+        if over is not None:
+            involved, detail = over
+            for ref in involved:
+                self.flag(ref, enr.person_id, DAILY_HOURS_EXCEEDED, c.date, detail, c)
+
+    def flag(self, ref: str, pid: str, check: str, on: dt.date, detail: str, c: Command) -> None:
+        """EnrollmentFlagged once per enrollment and check (the detail names no person)."""
+        if (ref, check) in self.snapshot.flagged:
+            return
+        self.snapshot.flagged.add((ref, check))
+        self.changes.flags.append((ref, check, pid, on, detail))
+        self.effects.append(Publish(
+            "EnrollmentFlagged",
+            dict(enrollment_ref=ref, person_id=pid, check=check, detail=detail, flagged_on=on),
+            None, f"enrollment-flagged/{ref}/{check}", pid, self.snapshot.agency_of[ref], c.cause,
+        ))
+
+    def closed(self, enr: Enrollment, c: Command, status: str, on: dt.date) -> None:
+        """The first closing record closes the enrollment and publishes TrainingCompleted or
+        EnrollmentWithdrawn."""
+        if enr.attendance is None:
+            raise LookupError(f"the snapshot lacks the attendance of {enr.enrollment_ref}")
+        t = totals(enr)
+        enr.status, enr.closed_on = status, on
+        enr.hours_attended, enr.days_attended = t.hours, t.days
+        enr.dirty = True
+        if status == "completed":
+            self.emit(enr, "TrainingCompleted", dict(
+                enrollment_ref=enr.enrollment_ref, person_id=enr.person_id,
+                course=enr.accepted["course"], hours_attended=number(t.hours),
+                days_attended=t.days, attendance_rate=float(round(t.rate, 4)), completed_on=on,
+            ), f"training-completed/{enr.enrollment_ref}", c)
+        else:
+            self.emit(enr, "EnrollmentWithdrawn", dict(
+                enrollment_ref=enr.enrollment_ref, person_id=enr.person_id, withdrawn_on=on,
+                days_attended=t.days,
+            ), f"enrollment-withdrawn/{enr.enrollment_ref}", c)
+
+    def month(self, enr: Enrollment, c: Month) -> None:
+        """The first record of a month stands; month_index counts months by first arrival."""
+        if enr.months is None:
+            enr.months = {}
+        if c.month in enr.months:
+            return
+        index = next_month_index(enr)
+        enr.months[c.month] = (c.wages_fen, index)
+        self.changes.months.append((enr.enrollment_ref, c.month, c.wages_fen, index))
+        self.emit(enr, "WorkTrainingMonthAccepted", dict(
+            enrollment_ref=enr.enrollment_ref, person_id=enr.person_id, month=c.month,
+            wages_fen=c.wages_fen, month_index=index,
+        ), f"work-month-accepted/{enr.enrollment_ref}/{c.month}", c)
+
+    def reject(self, c: Enrol, pid: str | None, reason: str, detail: str) -> None:
+        self.changes.rejections.append((c.source, c.id, c.enrollment_ref, pid, reason, detail,
+                                        c.agency))
+        self.effects.append(Publish(
+            "EnrollmentRejected",
+            dict(enrollment_ref=c.enrollment_ref, person_id=pid, reason=reason, detail=detail),
+            None, f"enrollment-rejected/{c.source}/{c.id}", pid or c.enrollment_ref, c.agency,
+            c.cause,
+        ))
+
+    def emit(self, enr: Enrollment, event: str, fields: dict[str, Any] | None, event_id: str,
+             c: Command, payload: Any = None) -> None:
+        self.effects.append(Publish(event, fields, payload, event_id, enr.person_id, enr.agency,
+                                    c.cause))
+
+    def replay_parked(self, ref: str) -> None:
+        """Apply, in arrival order, the records that waited for this enrollment: stored first,
+        then this batch's."""
+        earlier = [c for r, c in self.parked if r == ref]
+        self.parked = [(r, c) for r, c in self.parked if r != ref]
+        stored = self.waiting.pop(ref, [])
+        self.changes.replayed.extend(seq for seq, _ in stored)
+        for command in [c for _, c in stored] + earlier:
+            self.handle(command)

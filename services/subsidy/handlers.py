@@ -3,7 +3,8 @@
 Per Kafka batch, in one transaction: lock and load the state of every person in the batch, apply
 each fact in order through the pure engine (services.subsidy.domain) with the fund years it
 reads locked (services.subsidy.budgets), then write the states, the decision ledger, the fund
-years and the outgoing events with bulk statements. The
+years and the outgoing events with bulk statements; the loading and recording SQL is the
+store's (services.subsidy.store, load -> decide -> record). The
 engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
 Reviews of held grants (skills.subsidy.reviews) are facts like the others (POLICY §6).
 """
@@ -19,7 +20,6 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
-from shared.runtime import db
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.subsidy import budgets, holds, metrics
@@ -34,14 +34,10 @@ from services.subsidy.outputs import (
     SubsidyReversed,
 )
 from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, PersonState, pending_items
+from services.subsidy.state import BudgetLedger, PersonState
+from services.subsidy.store import Changes, PostgresSubsidyStore, SubsidyStore
 
 log = logging.getLogger(__name__)
-
-DECISION_COLUMNS = (
-    "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason", "amount_fen",
-    "fund", "payee_kind", "grant_id", "decided_on", "payload",
-)
 
 
 def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]],
@@ -85,29 +81,16 @@ def count(output: Output) -> None:
         metrics.REVERSED_FEN.labels(output.agency, output.reason.value).inc(output.amount_fen)
 
 
-async def load_states(conn: asyncpg.Connection, persons: list[str]) -> dict[str, str]:
-    """The stored states of these persons (JSON text), every one of them locked first.
-
-    ``FOR UPDATE`` locks only rows that exist: two replicas that both hold a person with no
-    row yet (during a rebalance, the old owner's last batch and the new owner's first) would
-    both read "no state" and the second commit would erase the first. Advisory locks on the
-    persons, taken in one sorted statement before reading, cover persons without a row too.
-    """
-    await db.lock_keys(conn, [f"person:{p}" for p in persons])
-    rows = await conn.fetch(
-        "SELECT person_id, state FROM person_state WHERE person_id = ANY($1::text[]) "
-        "ORDER BY person_id FOR UPDATE",
-        persons,
-    )
-    return {r["person_id"]: r["state"] for r in rows}
-
-
-def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
+def make_handler(settings: SubsidySettings, policies: PolicySet,
+                 store: SubsidyStore | None = None) -> Handler:
+    """Load -> decide -> record, one batch in one transaction. ``store``: the unit of work
+    (default: the service's PostgreSQL store; tests pass `store.MemorySubsidyStore`)."""
     budgeted = budgets.budgeted(policies)
+    uow: SubsidyStore = store if store is not None else PostgresSubsidyStore()
 
     async def handle_batch(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
         persons = sorted({p for i in items if (p := getattr(i.event.data, "person_id", None))})
-        stored = await load_states(conn, persons)
+        stored = await uow.load(conn, persons)
         facts: list[tuple[Incoming, Fact | None]] = []
         for item in items:
             event = item.event
@@ -137,7 +120,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
                 decided += [(item, output) for output in outputs]
             return touched, decided
 
-        (touched, decided), ledger, start = await budgets.decide_with_budgets(conn, budgeted, run)
+        (touched, decided), ledger, start = await uow.decide(conn, budgeted, run)
         rows: list[tuple] = []
         funds: dict[str, tuple[str, str]] = {}
         hold_outputs: list[Output] = []
@@ -161,43 +144,14 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
                 rows.append(row)
             count(output)
         reviews += [f for _, f in facts if isinstance(f, HoldReviewed)]
-        await _resolve_reversed_funds(conn, rows, funds)
-        if touched:
-            await conn.execute(
-                "INSERT INTO person_state (person_id, state, has_pending) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
-                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
-                " has_pending = excluded.has_pending, updated_at = now()",
-                list(touched), [s.to_json_text() for s in touched.values()],
-                [bool(pending_items(s)) for s in touched.values()],
-            )
-        if rows:
-            await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
-        await holds.record(conn, hold_outputs, released, reviews)
-        changed = await budgets.store(conn, ledger, start)
+        changed = await uow.record(conn, Changes(
+            states=touched, decisions=rows, outputs=hold_outputs, released=released,
+            reviews=reviews, ledger=ledger, start=start,
+        ))
         if changed.funds:
             publish_budget_gauges(changed, policies)
 
     return handle_batch
-
-
-async def _resolve_reversed_funds(
-    conn: asyncpg.Connection, rows: list[tuple], funds: dict[str, tuple[str, str]]
-) -> None:
-    """Fill the fund of reversals whose grant was decided in an earlier batch (one query)."""
-    missing = [r[10] for r in rows if r[1] == "reversed" and r[8] is None]
-    if not missing:
-        return
-    for r in await conn.fetch(
-        "SELECT grant_id, fund, payee_kind FROM decision "
-        "WHERE event_type = 'granted' AND grant_id = ANY($1::text[])",
-        missing,
-    ):
-        funds[r["grant_id"]] = (r["fund"], r["payee_kind"])
-    for index, row in enumerate(rows):
-        if row[1] == "reversed" and row[8] is None and row[10] in funds:
-            fund, payee_kind = funds[row[10]]
-            rows[index] = row[:8] + (fund, payee_kind) + row[10:]
 
 
 def publish_budget_gauges(ledger: BudgetLedger, policies: PolicySet) -> None:

@@ -1,0 +1,188 @@
+# Unit of work
+"""The subsidy service's unit of work: what a batch loads before the engine decides, and what it
+records after.
+
+`SubsidyStore` is the port the handler sees: `load` locks the batch's persons and reads their
+stored states; `decide` runs the batch's (pure, repeatable) decisions against fund budgets that
+hold (services.subsidy.budgets: an unlocked snapshot, then the budgeted fund years the decisions
+read, locked); `record` writes the states, the decision ledger, the holds mirror and the fund
+years with bulk statements. `PostgresSubsidyStore` is the service's (asyncpg, ``unnest``/
+``COPY``, advisory locks); `MemorySubsidyStore` keeps the same tables in dictionaries for fast
+handler tests, and one contract test (tests/unit/subsidy/test_store_contract.py) runs both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+
+from shared.runtime import db
+from services.subsidy import budgets, holds
+from services.subsidy.facts import HoldReviewed
+from services.subsidy.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
+from services.subsidy.state import BudgetLedger, FundYear, PersonState, pending_items
+
+T = TypeVar("T")
+
+DECISION_COLUMNS = (
+    "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason", "amount_fen",
+    "fund", "payee_kind", "grant_id", "decided_on", "payload",
+)
+
+
+@dataclass
+class Changes:
+    """What a batch writes: the persons' new ``states``, the ledger ``decisions`` (rows of
+    `DECISION_COLUMNS`; a reversal of a grant decided in an earlier batch has its fund filled in
+    on recording), the ``outputs`` whose holds and hold ends the ``hold`` table mirrors
+    (``released``: grant ids a review released in this batch; ``reviews``: the batch's
+    HoldReviewed facts) and the fund years: the ``ledger`` the decisions left and the ``start``
+    they began from."""
+
+    states: dict[str, PersonState] = field(default_factory=dict)
+    decisions: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]
+    outputs: list[Output] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    reviews: list[HoldReviewed] = field(default_factory=list)
+    ledger: BudgetLedger = field(default_factory=BudgetLedger)
+    start: dict[str, FundYear] = field(default_factory=dict)
+
+
+class SubsidyStore(Protocol):
+    async def load(self, conn: Any, persons: list[str]) -> dict[str, str]:
+        """The stored states of these persons (JSON text), every one of them locked first."""
+
+    async def decide(self, conn: Any, budgeted: frozenset[str],
+                     run: Callable[[BudgetLedger], T]) -> tuple[T, BudgetLedger, dict[str, FundYear]]:
+        """``run`` against fund budgets that hold: its result, the ledger it left, the fund
+        years it started from."""
+
+    async def record(self, conn: Any, changes: Changes) -> BudgetLedger:
+        """Write a batch's changes; return the fund years it changed, as stored."""
+
+
+def reversal_funds(rows: list[tuple], funds: dict[str, tuple[str, str]]) -> list[tuple]:  # type: ignore[type-arg]
+    """The rows with each reversal's fund and payee kind filled from ``funds`` (by grant)."""
+    out = []
+    for row in rows:
+        if row[1] == "reversed" and row[8] is None and row[10] in funds:
+            fund, payee_kind = funds[row[10]]
+            row = row[:8] + (fund, payee_kind) + row[10:]
+        out.append(row)
+    return out
+
+
+def missing_funds(rows: list[tuple]) -> list[str]:  # type: ignore[type-arg]
+    """Grants reversed in these rows whose fund the batch does not know (decided earlier)."""
+    return [r[10] for r in rows if r[1] == "reversed" and r[8] is None]
+
+
+class PostgresSubsidyStore:
+    """The unit of work on the service's database (asyncpg; call inside the batch's transaction)."""
+
+    async def load(self, conn: asyncpg.Connection, persons: list[str]) -> dict[str, str]:
+        """``FOR UPDATE`` locks only rows that exist: two replicas that both hold a person with
+        no row yet (during a rebalance, the old owner's last batch and the new owner's first)
+        would both read "no state" and the second commit would erase the first. Advisory locks
+        on the persons, taken in one sorted statement before reading, cover persons without a
+        row too."""
+        await db.lock_keys(conn, [f"person:{p}" for p in persons])
+        rows = await conn.fetch(
+            "SELECT person_id, state FROM person_state WHERE person_id = ANY($1::text[]) "
+            "ORDER BY person_id FOR UPDATE",
+            persons,
+        )
+        return {r["person_id"]: r["state"] for r in rows}
+
+    async def decide(self, conn: asyncpg.Connection, budgeted: frozenset[str],
+                     run: Callable[[BudgetLedger], T]) -> tuple[T, BudgetLedger, dict[str, FundYear]]:
+        return await budgets.decide_with_budgets(conn, budgeted, run)
+
+    async def record(self, conn: asyncpg.Connection, changes: Changes) -> BudgetLedger:
+        rows = await self._resolve_reversed_funds(conn, changes.decisions)
+        touched = changes.states
+        if touched:
+            await conn.execute(
+                "INSERT INTO person_state (person_id, state, has_pending) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
+                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
+                " has_pending = excluded.has_pending, updated_at = now()",
+                list(touched), [s.to_json_text() for s in touched.values()],
+                [bool(pending_items(s)) for s in touched.values()],
+            )
+        if rows:
+            await conn.copy_records_to_table("decision", records=rows, columns=DECISION_COLUMNS)
+        await holds.record(conn, changes.outputs, changes.released, changes.reviews)
+        return await budgets.store(conn, changes.ledger, changes.start)
+
+    @staticmethod
+    async def _resolve_reversed_funds(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:  # type: ignore[type-arg]
+        """Fill the fund of reversals whose grant was decided in an earlier batch (one query)."""
+        missing = missing_funds(rows)
+        if not missing:
+            return rows
+        funds = {r["grant_id"]: (r["fund"], r["payee_kind"]) for r in await conn.fetch(
+            "SELECT grant_id, fund, payee_kind FROM decision "
+            "WHERE event_type = 'granted' AND grant_id = ANY($1::text[])",
+            missing,
+        )}
+        return reversal_funds(rows, funds)
+
+
+class MemorySubsidyStore:
+    """The same tables in dictionaries (no locks: one batch at a time); ``conn`` is ignored."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, tuple[str, bool]] = {}  # person -> (state JSON, has_pending)
+        self.decisions: list[tuple] = []  # type: ignore[type-arg]
+        self.holds: dict[str, dict[str, Any]] = {}  # grant -> the hold row
+        self.reviews: dict[str, HoldReviewed] = {}  # grant -> its review
+        self.funds: dict[str, FundYear] = {}
+
+    async def load(self, conn: Any, persons: list[str]) -> dict[str, str]:
+        return {p: self.states[p][0] for p in sorted(persons) if p in self.states}
+
+    async def decide(self, conn: Any, budgeted: frozenset[str],
+                     run: Callable[[BudgetLedger], T]) -> tuple[T, BudgetLedger, dict[str, FundYear]]:
+        start = dict(self.funds)
+        ledger = BudgetLedger(dict(start))
+        return run(ledger), ledger, start
+
+    async def record(self, conn: Any, changes: Changes) -> BudgetLedger:
+        granted = {r[10]: (r[8], r[9]) for r in self.decisions if r[1] == "granted"}
+        rows = reversal_funds(changes.decisions, {g: granted[g] for g in missing_funds(
+            changes.decisions) if g in granted})
+        for person, state in changes.states.items():
+            self.states[person] = (state.to_json_text(), bool(pending_items(state)))
+        self.decisions += rows
+        for review in changes.reviews:
+            self.reviews.setdefault(review.grant_id, review)
+        for o in changes.outputs:
+            if isinstance(o, SubsidyHeld) and o.grant.grant_id not in self.holds:
+                self.holds[o.grant.grant_id] = dict(
+                    person_id=o.grant.person_id, agency=o.agency, amount_fen=o.grant.amount_fen,
+                    fund=o.grant.fund, checks=list(o.checks), held_on=o.held_on,
+                    status="open", ended_by=None)
+        for o in changes.outputs:
+            end = None
+            if isinstance(o, SubsidyGranted) and o.grant_id in changes.released:
+                end = (o.grant_id, "released", o.event_id)
+            elif isinstance(o, SubsidyRejected) and o.grant_id is not None:
+                end = (o.grant_id, "denied" if o.reason.value == "integrity_denied" else "voided",
+                       o.event_id)
+            if end is not None and self.holds.get(end[0], {}).get("status") == "open":
+                self.holds[end[0]].update(status=end[1], ended_by=end[2])
+        changed: dict[str, FundYear] = {}
+        for key, after in changes.ledger.funds.items():
+            before = changes.start.get(key, FundYear())
+            if before == after:
+                continue
+            stored = self.funds.get(key, FundYear())
+            self.funds[key] = changed[key] = FundYear(
+                stored.committed_fen + after.committed_fen - before.committed_fen,
+                tuple(sorted(set(stored.thresholds_emitted_bp) | set(after.thresholds_emitted_bp))))
+        return BudgetLedger(changed)
+
