@@ -44,7 +44,7 @@ class Browser:
             found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
             if found:
                 port = int(found.group(1))
-            elif not line and self.proc.poll() is not None or time.monotonic() > deadline:
+            elif (not line and self.proc.poll() is not None) or time.monotonic() > deadline:
                 raise AssertionError(f"chromium did not start: {line!r}")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
         with urllib.request.urlopen(request, timeout=10) as r:

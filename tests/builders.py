@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from shared.contract.identity import check_digit, person_id
-
 from tests.harness import SECRET
 
 

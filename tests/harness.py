@@ -163,7 +163,7 @@ class ServiceProcess:
         self.log_path = logs / f"{self.stack.prefix}{self.name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}", "run"],
-            cwd=ROOT, env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+            cwd=ROOT, env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115  # the child's log
         )
         return self
 
@@ -316,7 +316,8 @@ class Collector:
         """The collector has read every record written so far to its topics."""
         return await consumer_caught_up(self.consumer)
 
-    def events(self, topic: str, type_suffix: str = "", where: Callable[[dict[str, Any]], bool] = lambda e: True) -> list[dict[str, Any]]:
+    def events(self, topic: str, type_suffix: str = "",
+               where: Callable[[dict[str, Any]], bool] = lambda e: True) -> list[dict[str, Any]]:
         found = []
         for r in self.records:
             if r.topic != topic:

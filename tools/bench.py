@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import math
 import os
 import platform
@@ -350,7 +349,7 @@ class ProfiledService(ServiceProcess):
                 [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
                  "--rate", "100", "--format", "raw", "--pid", str(self.proc.pid),
                  "--output", str(self.profile_dir / f"{self.name}.txt")],
-                stdout=subprocess.DEVNULL, stderr=open(self.profile_dir / f"{self.name}.spy.log", "ab"),
+                stdout=subprocess.DEVNULL, stderr=open(self.profile_dir / f"{self.name}.spy.log", "ab"),  # noqa: SIM115  # py-spy's log
             )
         return self
 
@@ -624,7 +623,7 @@ class Monitor:
         progress (so idle time between the phases does not count)."""
         window = [s for s in self.samples if since <= s.at <= until]
         records = seconds = 0.0
-        for a, b in zip(window, window[1:]):
+        for a, b in zip(window, window[1:], strict=False):
             if b.committed[service] > a.committed[service]:
                 records += b.committed[service] - a.committed[service]
                 seconds += b.at - a.at

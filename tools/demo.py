@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.fernet import InvalidToken
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from cryptography.fernet import InvalidToken
 from prometheus_client.parser import text_string_to_metric_families
 from rich import box
 from rich.console import Console, Group, RenderableType

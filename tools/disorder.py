@@ -77,7 +77,8 @@ def _malformed(rng: random.Random, lane: _Lane, event: dict[str, Any], code: str
     if code == "malformed_json":
         return Record(f"garbage-{n}", b'{"specversion": "1.0", "id": "sim-' + n.encode() + b'", "data": {')
     if code == "unknown_type":
-        kind = "skills.training.TraineeTransferred.v1" if service == "enrollment" else "skills.assessment.ScoreAdjusted.v1"
+        kind = ("skills.training.TraineeTransferred.v1" if service == "enrollment"
+                else "skills.assessment.ScoreAdjusted.v1")
         value = encode_raw(kind, {"note": "not a contract type"}, id=f"sim-{n}", source=event["source"],
                            subject=event["subject"], agencyid=event["agencyid"], time=event["time"])
         return Record(event["subject"], value)

@@ -21,6 +21,7 @@ from shared.contract import events as ev
 from shared.contract import topics
 from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.contract.identity import normalise_national_id, person_id
+from shared.contract.vocabulary import LEVELLED_KINDS
 from services.assessment.domain import certificate_id
 from services.subsidy.facts import fact_from_event
 from services.subsidy.policy import PolicySet
@@ -249,7 +250,7 @@ def expected_assessment_events(pop: Population, enrollment: Expected, secret: st
         except ValueError:
             out.dead_letters["invalid_national_id"] += 1
             return
-        levelled = d.certificate_kind in ev.LEVELLED_KINDS
+        levelled = d.certificate_kind in LEVELLED_KINDS
         if levelled and d.level is None:
             out.dead_letters["level_required"] += 1
             return

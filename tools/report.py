@@ -262,7 +262,7 @@ def rates(samples: list[Sample], series: str, buckets: int = 60) -> list[tuple[f
 
     width = max(1.0, math.ceil(times[-1] / buckets))
     edges = [n * width for n in range(math.ceil(times[-1] / width) + 1)]
-    return [(a, (at(b) - at(a)) / width) for a, b in zip(edges, edges[1:])]
+    return [(a, (at(b) - at(a)) / width) for a, b in zip(edges, edges[1:], strict=False)]
 
 
 def dead_letter_codes(report: Report) -> list[tuple[str, str]]:

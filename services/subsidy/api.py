@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route

@@ -124,7 +124,7 @@ async def decide_with_budgets(
         ledger = TrackingLedger(dict(start))
         result = run(ledger)
         needed = {k for k in ledger.read if k in budgeted_keys}
-        if needed <= held.keys() or needed and await _hold(needed):
+        if needed <= held.keys() or (needed and await _hold(needed)):
             if savepoint is not None:
                 await savepoint.commit()  # the rows stay locked until the batch commits
             return result, ledger, start

@@ -31,6 +31,7 @@ import orjson
 from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
+
 from . import budgets
 from .cases import ANNUAL_LIMIT
 from .config import SubsidySettings
@@ -343,7 +344,7 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         *zip(*[(c.event_id, "granted" if c.event_type == GRANTED else "reversed",
                 c.change.person_id, c.change.grant.event.agency, c.change.grant.event.rule,
                 c.change.grant.grant_id, c.signed_fen, version.version, version.content_hash,
-                scope.start, scope.end) for c in planned]))}
+                scope.start, scope.end) for c in planned], strict=True))}
     if len(fresh) != len(planned):
         # The states say these differences are open, the record says they were paid: refuse
         # rather than pay twice; nothing of this chunk is written.

@@ -9,7 +9,6 @@ an unsettled advance (POLICY §5 "Advances and reversals").
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime

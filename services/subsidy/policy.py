@@ -162,7 +162,7 @@ class PolicySet:
             grouped.setdefault(policy.agency, []).append(policy)
         for versions in grouped.values():
             versions.sort(key=lambda p: p.valid_from)
-            for earlier, later in zip(versions, versions[1:]):
+            for earlier, later in zip(versions, versions[1:], strict=False):
                 _check_adjacent(earlier, later)
         return cls({agency: tuple(v) for agency, v in grouped.items()})
 
@@ -270,7 +270,7 @@ class _Reader:
                 raise self.fail(name, "required")
             return None
         value = self.raw[name]
-        if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
             raise self.fail(name, f"expected {_type_name(kind)}, got {value!r}")
         return value
 
@@ -466,7 +466,7 @@ def _check_kind_fields(r: _Reader, rule: Rule) -> None:
     if rule.percent_bp is not None and kind not in (RuleKind.PER_MONTH, RuleKind.TOPUP_PERCENT):
         raise r.fail("percent_bp", f"only for per_month and topup_percent, not {kind}")
     if rule.amount_by_level and kind not in (RuleKind.CERTIFICATE_LEVEL, RuleKind.PER_PROGRAM_YEAR):
-        raise r.fail("amount_by_level", f"only for certificate_level and per_program_year")
+        raise r.fail("amount_by_level", "only for certificate_level and per_program_year")
     if rule.amount is not None and kind in (RuleKind.CERTIFICATE_LEVEL, RuleKind.TOPUP_PERCENT):
         raise r.fail("amount", f"not used by {kind}")
     if kind is RuleKind.PER_MONTH:

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.contract.vocabulary import (  # re-exported: the models' field types
-    LEVELLED_KINDS,
     Category,
     CertificateKind,
     IntegrityCheck,

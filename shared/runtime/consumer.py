@@ -13,8 +13,7 @@ import heapq
 import logging
 import os
 import time
-from collections import Counter
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +193,8 @@ class TimeOrder:
     def rewind(self, failed: dict[TopicPartition, list[Any]]) -> None:
         """Drop the buffers and seek every partition back to its first unprocessed record."""
         for tp in set(failed) | set(self.buffers):
-            first = failed[tp][0].offset if tp in failed else self.buffers[tp][0].offset if self.buffers.get(tp) else None
+            first = (failed[tp][0].offset if tp in failed
+                     else self.buffers[tp][0].offset if self.buffers.get(tp) else None)
             if first is not None:
                 self.consumer.seek(tp, first)
                 self.fetched[tp] = first

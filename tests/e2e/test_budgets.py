@@ -19,7 +19,6 @@ BUDGET_E2E_PERSONS (default 3000, the demo's default) and BUDGET_E2E_SEED overri
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import itertools
 import os
@@ -27,7 +26,6 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -7,7 +7,8 @@ assessment record and waits until the subsidy service has consumed everything. E
 records go to one partition (their lane), so each service sees them in the order the oracle
 (tools.expected) assumes: per-person decisions are first come, first served (POLICY §3.1).
 
-E2E_PERSONS (default 10000: about 90 s on a 2-core box), E2E_SEED (default 20260301) and E2E_DISORDER (default 1) override.
+E2E_PERSONS (default 10000: about 90 s on a 2-core box), E2E_SEED (default 20260301) and E2E_DISORDER
+(default 1) override.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import TopicPartition
 
 from shared.contract import topics
 from shared.contract.envelope import headers

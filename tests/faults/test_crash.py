@@ -28,8 +28,23 @@ from shared.contract import topics
 from shared.runtime.settings import DEFAULT_AGENCIES
 from services.subsidy.policy import load_policy_dir
 from tests.faults.private import (
-    OUTPUT, SERVICES, PrivateCollector, PrivateProducer, PrivateStack, World, alive, at_least, by_id,
-    check_outcome, dead_letters, fetch, inbox_size, settled, snapshot, state_diff, value,
+    OUTPUT,
+    SERVICES,
+    PrivateCollector,
+    PrivateProducer,
+    PrivateStack,
+    World,
+    alive,
+    at_least,
+    by_id,
+    check_outcome,
+    dead_letters,
+    fetch,
+    inbox_size,
+    settled,
+    snapshot,
+    state_diff,
+    value,
 )
 from tests.harness import ROOT, SECRET, ServiceProcess, wait_for
 from tools.expected import Outcome, expected_outcome
@@ -173,7 +188,7 @@ async def test_a_rebuilt_service_stores_and_republishes_exactly_what_it_had_and_
         assert await value(service, INBOX) == 0
         service.start()
         await service.wait_ready(WAIT)
-        await wait_for(lambda: at_least(service, INBOX, len(before[name]["inbox"])), WAIT,
+        await wait_for(lambda: at_least(service, INBOX, len(before[name]["inbox"])), WAIT,  # noqa: B023  # awaited here
                        f"the rebuilt {name} re-read its input")
         await settled(run.world, run.services, run.collector, WAIT)
 

@@ -27,7 +27,13 @@ from shared.contract.envelope import DecodeError, decode, encode_raw
 from shared.runtime.settings import DEFAULT_AGENCIES
 from services.subsidy.policy import load_policy_dir
 from tests.faults.private import (
-    SERVICES, PrivateCollector, PrivateProducer, PrivateStack, World, check_outcome, dead_letters,
+    SERVICES,
+    PrivateCollector,
+    PrivateProducer,
+    PrivateStack,
+    World,
+    check_outcome,
+    dead_letters,
     settled,
 )
 from tests.harness import ROOT, SECRET

@@ -20,8 +20,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from shared.contract import topics
 from services.subsidy.policy import load_policy_dir
 from tests.faults.private import (
-    SERVICES, PrivateCollector, PrivateProducer, PrivateStack, World, alive, at_least,
-    check_outcome, settled,
+    SERVICES,
+    PrivateCollector,
+    PrivateProducer,
+    PrivateStack,
+    World,
+    alive,
+    at_least,
+    check_outcome,
+    settled,
 )
 from tests.harness import ROOT, SECRET, ServiceProcess, wait_for
 from tools.expected import expected_outcome

@@ -31,7 +31,6 @@ FAULTS_SCALE_REPLICAS_PERSONS (default 300), FAULTS_ADVERSARIAL (pairs of each k
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -47,8 +46,18 @@ from shared.contract import topics
 from shared.contract.envelope import encode_raw, headers
 from shared.contract.identity import check_digit, person_id
 from tests.faults.private import (
-    INPUTS, SERVICES, PrivateCollector, PrivateProducer, PrivateStack, World, alive, dead_letters,
-    fetch, lag, settled, snapshot,
+    INPUTS,
+    SERVICES,
+    PrivateCollector,
+    PrivateProducer,
+    PrivateStack,
+    World,
+    alive,
+    dead_letters,
+    fetch,
+    lag,
+    settled,
+    snapshot,
 )
 from tests.harness import SECRET, ServiceProcess, wait_for
 from tools.population import Population, simulate

@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -104,7 +103,7 @@ async def upstream(producer: Producer, type: str, data: dict[str, Any], ref: str
 async def test_a_flagged_enrollments_money_is_held_and_a_reviewer_releases_one_hold_and_denies_another(
     services, producer, collector
 ) -> None:
-    enrollment, subsidy = services["enrollment"], services["subsidy"]
+    subsidy = services["subsidy"]
     nid = b.national_id()
     pid = b.pid(nid)
     first, second = b.ref("INST-A"), b.ref("INST-B")

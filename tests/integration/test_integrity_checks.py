@@ -13,7 +13,7 @@ import pytest
 from shared.contract import topics
 from shared.contract.envelope import encode_raw, headers
 from tests import builders as b
-from tests.harness import Producer, ServiceProcess, Stack, wait_for
+from tests.harness import Producer, ServiceProcess, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ async def test_two_replicas_see_each_others_hours_for_a_person_whose_enrollments
             futures.append(await record(first, p1, "TraineeEnrolled.v1", b.enrolled(first, nid)))
             futures.append(await record(second, p2, "TraineeEnrolled.v1", b.enrolled(
                 second, nid, course={"course_id": "C-WELD-2"})))
-        for n, (nid, first, second) in enumerate(persons):
+        for n, (_nid, first, second) in enumerate(persons):
             p1, p2 = n % 4, (n + 1 + n // 4) % 4 if (n + 1 + n // 4) % 4 != n % 4 else (n + 2) % 4
             futures.append(await record(first, p1, "AttendanceRecorded.v1", b.attendance(first, "2026-03-06", 7)))
             futures.append(await record(second, p2, "AttendanceRecorded.v1", b.attendance(second, "2026-03-06", 7)))

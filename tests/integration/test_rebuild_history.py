@@ -76,7 +76,7 @@ async def test_a_rebuild_is_refused_and_changes_nothing_when_an_input_partition_
         await conn.close()
     upstream = world.topic(topics.TRAINING_UPSTREAM)
     async with Producer(world) as producer:
-        for n in range(3):
+        for _ in range(3):
             await producer.producer.send_and_wait(upstream, value=b"{}", key=b"k", partition=1)
     group = f"{world.prefix}enrollment"
     tps = [TopicPartition(upstream, p) for p in range(4)]
@@ -109,7 +109,7 @@ async def test_a_rebuild_with_the_whole_history_rewinds_the_group_and_recreates_
         await conn.close()
     upstream = world.topic(topics.TRAINING_UPSTREAM)
     async with Producer(world) as producer:
-        for n in range(3):
+        for _ in range(3):
             await producer.producer.send_and_wait(upstream, value=b"{}", key=b"k", partition=1)
     group = f"{world.prefix}enrollment"
     tps = [TopicPartition(upstream, p) for p in range(4)]

@@ -60,7 +60,7 @@ async def test_healthz_fails_while_a_batch_makes_no_progress_and_recovers_when_i
         ref = b.ref()
         await producer.event(UP, "skills.training.TraineeEnrolled.v1",
                              b.enrolled(ref, b.national_id()), subject=ref)
-        status, body = await wait_for(
+        _status, body = await wait_for(
             lambda: (s := healthz(enrollment))[0] == 503 and s, 30, "/healthz to fail")
         assert body["status"] == "stalled" and body["seconds_without_progress"] >= 2
         await lock.rollback()

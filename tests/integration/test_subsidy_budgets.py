@@ -192,7 +192,7 @@ async def test_a_batch_whose_fund_year_changed_before_it_locked_it_decides_again
     from services.subsidy import budgets
     from services.subsidy.state import BudgetLedger
 
-    stack, (first, _) = world
+    _stack, (first, _) = world
     other, conn = await first.db(), await first.db()
     key = ("test-agency", "fund-x", 2031)
     seen: list[int] = []

@@ -104,7 +104,8 @@ async def test_example_5_a_withdrawn_project_based_course_takes_the_advance_back
         "baoshan", time="2026-04-08T09:00:00+08:00")
     [advance] = await collector.wait_events(OUT, "SubsidyGranted.v1", where=mine(pid))
     [reversal] = await collector.wait_events(OUT, "SubsidyReversed.v1", where=mine(pid))
-    assert (advance["data"]["rule"], advance["data"]["stage"], advance["data"]["amount_fen"]) == ("BS-PREJOB", "advance", 40000)
+    assert (advance["data"]["rule"], advance["data"]["stage"], advance["data"]["amount_fen"]) == (
+        "BS-PREJOB", "advance", 40000)
     assert advance["data"]["payee"] == {"kind": "institution", "id": "INST-9"}
     assert reversal["data"]["grant_id"] == advance["data"]["grant_id"]
     assert (reversal["data"]["amount_fen"], reversal["data"]["reason"]) == (40000, "advance_not_earned")
@@ -131,7 +132,8 @@ async def test_redelivered_facts_pay_once(subsidy, producer, collector) -> None:
     await send(producer, ENR, "EnrollmentAccepted.v1", accepted(b.ref(), marker, categories=["low_income"]), "suqian")
     mref = b.ref()
     await send(producer, ENR, "EnrollmentAccepted.v1", accepted(mref, marker, categories=["low_income"]), "suqian")
-    await send(producer, ENR, "TrainingCompleted.v1", {**completed, "enrollment_ref": mref, "person_id": marker}, "suqian")
+    await send(producer, ENR, "TrainingCompleted.v1", {**completed, "enrollment_ref": mref, "person_id": marker},
+               "suqian")
     await collector.wait_events(OUT, "SubsidyGranted.v1", where=mine(marker))
     grants = collector.events(OUT, "SubsidyGranted.v1", mine(pid))
     assert [(g["data"]["rule"], g["data"]["amount_fen"]) for g in grants] == [("SQ-LIVING", 15000)]

@@ -66,7 +66,9 @@ async def test_health_readiness_and_metrics_stay_open_for_operators(world, servi
         assert (await get(world, service, path, None)).status_code == 200
 
 
-async def test_an_agency_sees_only_its_own_enrollments_of_a_person_enrolled_in_two_agencies(world, population: Population) -> None:
+async def test_an_agency_sees_only_its_own_enrollments_of_a_person_enrolled_in_two_agencies(
+    world, population: Population
+) -> None:
     rows = await fetch_rows(world.services["enrollment"],
                             "SELECT person_id, array_agg(DISTINCT agency) AS agencies FROM enrollment"
                             " GROUP BY person_id HAVING count(DISTINCT agency) > 1 LIMIT 1")
@@ -115,7 +117,9 @@ async def test_a_lookup_tells_an_agency_only_whether_the_person_is_known_to_it(w
     assert mine["person_id"] == audited["person_id"] == theirs["person_id"] == _pid(nid)
 
 
-async def test_certificates_are_verified_publicly_without_personal_data_and_listed_per_agency(world, population) -> None:
+async def test_certificates_are_verified_publicly_without_personal_data_and_listed_per_agency(
+    world, population
+) -> None:
     rows = await fetch_rows(world.services["assessment"],
                             "SELECT c.certificate_id, c.person_id, a.agency FROM certificate c"
                             " JOIN assessment a USING (assessment_ref) LIMIT 1")

@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared.runtime import auth, crypto
-from shared.runtime.outbox import Outbox, RawRecord
 from shared.runtime.http import json_body
+from shared.runtime.outbox import Outbox, RawRecord
 from shared.runtime.service import check_settings, http_app, secret_fingerprint
 from shared.runtime.settings import DEV_DATA_KEY, ServiceSettings, secret_weakness
 from services.enrollment.config import EnrollmentSettings
@@ -250,7 +250,7 @@ def test_a_dead_letter_is_sealed_with_the_current_key_and_names_its_key_id() -> 
     finally:
         crypto.configure(None)
     for row, key in ((sealed_old, old), (sealed_new, new)):
-        topic, key_bytes, kind, sealed, headers = row
+        _topic, _key_bytes, _kind, sealed, headers = row
         assert b"11010519491231002X" not in sealed and "张三".encode() not in sealed
         names = dict(orjson.loads(headers))
         assert names[crypto.KEY_ID_HEADER] == crypto.key_id(key)

@@ -81,7 +81,9 @@ async def read_all(stack: Stack, names: Iterable[str]) -> list[tuple[str, bytes,
         await consumer.stop()
 
 
-async def test_no_national_id_or_name_appears_outside_ingress_for_a_demo_population(world: World, population: Population) -> None:
+async def test_no_national_id_or_name_appears_outside_ingress_for_a_demo_population(
+    world: World, population: Population
+) -> None:
     personal = personal_data(population)
     assert len(personal["national_id"]) > 250 and len(personal["name"]) > 150
     ids, names = needles(personal["national_id"]), needles(personal["name"])
@@ -128,7 +130,9 @@ async def test_no_national_id_or_name_appears_outside_ingress_for_a_demo_populat
             assert not leaks(log, wanted), f"{name} log: {sorted(leaks(log, wanted))[:3]}"
 
 
-async def test_the_assessment_and_subsidy_databases_hold_no_national_id_or_name(world: World, population: Population) -> None:
+async def test_the_assessment_and_subsidy_databases_hold_no_national_id_or_name(
+    world: World, population: Population
+) -> None:
     wanted = needles(personal_data(population)["national_id"] | personal_data(population)["name"])
     # pending and outbox hold raw records sealed (bytea, read as hex here): their sealing is
     # checked on a parked record and a dead letter in test_hardening_stack.py.
@@ -146,7 +150,9 @@ async def test_the_assessment_and_subsidy_databases_hold_no_national_id_or_name(
             await conn.close()
 
 
-async def test_the_enrollment_database_keeps_names_and_national_ids_only_encrypted(world: World, population: Population) -> None:
+async def test_the_enrollment_database_keeps_names_and_national_ids_only_encrypted(
+    world: World, population: Population
+) -> None:
     wanted = needles(personal_data(population)["national_id"] | personal_data(population)["name"])
     conn = await world.services["enrollment"].db()
     try:

@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 
+from shared.contract.identity import normalise_national_id, person_id
 from tools.bench import (
-    batch_counters,
     OverlapProbe,
+    batch_counters,
     batch_summary,
     completeness,
     cpu_split,
@@ -22,7 +23,6 @@ from tools.bench import (
     traceparent,
     with_traceparent,
 )
-from shared.contract.identity import normalise_national_id, person_id
 from tools.expected import DEFAULT_SECRET, Out, persons_in_several_lanes
 from tools.population import Record
 from tools.simulate import simulate

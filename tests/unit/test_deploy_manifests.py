@@ -14,10 +14,10 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
+from shared.runtime.settings import ServiceSettings
 from services.assessment.config import AssessmentSettings
 from services.enrollment.config import EnrollmentSettings
 from services.subsidy.config import SubsidySettings
-from shared.runtime.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -97,8 +97,8 @@ def test_version_selection_by_date(tmp_path: Path) -> None:
     second.update(version="2025-01", valid_from="2025-01-01")
     policies = PolicySet.of([load_policy_file(_write(tmp_path, first, "a.json")),
                              load_policy_file(_write(tmp_path, second, "b.json"))])
-    assert policies.for_date("beijing", date(2024, 12, 31)).version == "2020-01"  # type: ignore
-    assert policies.for_date("beijing", date(2025, 1, 1)).version == "2025-01"  # type: ignore
+    assert policies.for_date("beijing", date(2024, 12, 31)).version == "2020-01"  # type: ignore[union-attr]  # found
+    assert policies.for_date("beijing", date(2025, 1, 1)).version == "2025-01"  # type: ignore[union-attr]  # found
     assert policies.for_date("beijing", date(2019, 12, 31)) is None
     assert policies.for_date("nowhere", date(2025, 1, 1)) is None
 
