@@ -417,9 +417,9 @@ async def start_world(args: argparse.Namespace, prefill: int, prefill_template: 
     env = service_env(args)
     services: dict[str, ServiceProcess] = {}
     for name in SERVICES:
-        service = ProfiledService(name, stack, env=dict(env, TOPIC_PARTITIONS=str(args.partitions)))
-        service.profile_dir = args.profile if not prefill_template else None
-        services[name] = service
+        profiled = ProfiledService(name, stack, env=dict(env, TOPIC_PARTITIONS=str(args.partitions)))
+        profiled.profile_dir = args.profile if not prefill_template else None
+        services[name] = profiled
     for service in services.values():
         service.migrate()
     if prefill:
@@ -763,7 +763,7 @@ async def settle(world: World, monitor: Monitor, budget: float) -> None:
             await wait_consumed(monitor, {name: sum(ends.values())}, budget, f"{name} consumed its input")
             conn = await world.services[name].db()
             try:
-                await wait_for(lambda c=conn: _empty(c), budget, f"{name} outbox drained")
+                await wait_for(lambda c=conn: _empty(c), budget, f"{name} outbox drained")  # type: ignore[misc]  # c: a Connection
             finally:
                 await conn.close()
     finally:
@@ -818,7 +818,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_used = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
         batches = batch_summary(batches_before, read_batch_counters(world), time.time() - cpu_at)
         for name, seen in overlap.summary().items():
-            batches[name]["replicas_in_batch_at_once"] = seen
+            batches[name]["replicas_in_batch_at_once"] = seen  # type: ignore[assignment]  # a map beside the figures in the JSON
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")
         await asyncio.sleep(1.0)
         await wait_for(decisions.caught_up, 120, "the decision collector caught up")

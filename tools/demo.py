@@ -353,7 +353,7 @@ class Demo:
         report.intended_dead_letters.update(pop.malformed)
         add_integrity_cases(pop, opts.agencies)
         await self._refuse_replay(pop)
-        years = (YEAR - 1, YEAR, YEAR + 1)
+        years: tuple[int, ...] = (YEAR - 1, YEAR, YEAR + 1)
         self.watcher = Watcher(self.options, report.tally)
         try:
             await self.watcher.start()

@@ -88,7 +88,7 @@ def _malformed(rng: random.Random, lane: _Lane, event: dict[str, Any], code: str
     agency = "atlantis" if code == "unknown_agency" else event["agencyid"]
     if service == "enrollment":
         ref = f"INST-0999/2026/bad-{n}"
-        data = {"enrollment_ref": ref, "institution_id": "INST-0999",
+        data: dict[str, Any] = {"enrollment_ref": ref, "institution_id": "INST-0999",
                 "trainee": {"national_id": nid, "name": "测试", "categories": []}, "employer": None,
                 "course": {"course_id": "C-X", "occupation_code": "6-31-01-03", "occupation_name": "电工",
                            "level": None, "training_type": "safety", "planned_hours": 16,

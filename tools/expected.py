@@ -121,7 +121,7 @@ def expected_enrollment_events(pop: Population, secret: str = DEFAULT_SECRET,
             return
         flagged.add((ref, check))
         target = enrollments[ref]
-        _emit(out, ev.EnrollmentFlagged(enrollment_ref=ref, person_id=target.pid, check=check,  # type: ignore[arg-type]
+        _emit(out, ev.EnrollmentFlagged(enrollment_ref=ref, person_id=target.pid, check=check,
                                         detail=detail, flagged_on=on),
               f"enrollment-flagged/{ref}/{check}", target.pid, target.agency, e.time)
 
@@ -148,6 +148,7 @@ def expected_enrollment_events(pop: Population, secret: str = DEFAULT_SECRET,
                 hukou_agency=d.trainee.hukou_agency, insured_months=d.trainee.insured_months,
                 hired_on=d.trainee.hired_on, employer=d.employer, course=d.course, fee=d.fee,
                 accepted_on=e.time.date())
+            enr: _Enr | None  # None below: not enrolled (yet)
             enr = _Enr(d.enrollment_ref, e.agencyid, pid, d.institution_id, d.course.course_id,
                        d.course.start_date, d.course.end_date, d.course.planned_hours,
                        ev.dump(accepted)["course"])
@@ -274,11 +275,11 @@ def expected_assessment_events(pop: Population, enrollment: Expected, secret: st
             return
         _emit(out, ev.AssessmentPassed(**outcome), f"assessment-passed/{d.assessment_ref}",
               pid, e.agencyid, e.time)
-        cert = certificate_id(d.assessment_ref)
-        certificates[cert] = (pid, False)
-        issued = ev.CertificateIssued(certificate_id=cert, issued_on=d.assessed_on, **outcome)
-        _emit(out, issued, f"certificate-issued/{cert}", pid, e.agencyid, e.time)
-        for revocation in waiting.pop(cert, []):
+        cert_id = certificate_id(d.assessment_ref)
+        certificates[cert_id] = (pid, False)
+        issued = ev.CertificateIssued(certificate_id=cert_id, issued_on=d.assessed_on, **outcome)
+        _emit(out, issued, f"certificate-issued/{cert_id}", pid, e.agencyid, e.time)
+        for revocation in waiting.pop(cert_id, []):
             handle(revocation)
 
     for record in pop.assessment:

@@ -16,6 +16,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shared.runtime.auth import hash_token
 from shared.runtime.settings import DEFAULT_AGENCIES
@@ -31,7 +32,7 @@ def ensure(directory: Path = DIRECTORY, agencies: Sequence[str] = DEFAULT_AGENCI
     table = directory / TABLE
     if table.exists() and (directory / TOKENS).exists():
         return table
-    tokens = {"auditor": secrets.token_urlsafe(32),
+    tokens: dict[str, Any] = {"auditor": secrets.token_urlsafe(32),
               "reviewers": {a: secrets.token_urlsafe(32) for a in agencies}}
     entries = {hash_token(tokens["auditor"]): {"role": "auditor", "name": "local-auditor"}}
     for agency, token in tokens["reviewers"].items():
@@ -48,7 +49,7 @@ def ensure(directory: Path = DIRECTORY, agencies: Sequence[str] = DEFAULT_AGENCI
 def load(directory: Path = DIRECTORY) -> dict[str, object] | None:
     """The local tokens, if `make up` made them."""
     path = directory / TOKENS
-    return json.loads(path.read_text()) if path.exists() else None  # type: ignore[no-any-return]
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 if __name__ == "__main__":

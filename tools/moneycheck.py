@@ -264,8 +264,9 @@ def _granted(policies: Policies, facts: Facts, g: Mapping[str, Any], held: dict[
 
 
 def _payee_kind(rule: Mapping[str, Any], enrollment: Mapping[str, Any]) -> str:
-    payee = rule["payee"]
-    return enrollment["fee"]["payer"] if payee == "fee_payer" else payee
+    payee: str = rule["payee"]
+    payer: str = enrollment["fee"]["payer"]
+    return payer if payee == "fee_payer" else payee
 
 
 def _slot(rule: Mapping[str, Any], facts: Facts, g: Mapping[str, Any]) -> tuple[str, ...] | None:

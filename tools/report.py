@@ -430,7 +430,7 @@ def _table(head: tuple[str, ...], rows: list[tuple[object, ...]], cls: str = "")
 
 def _budget_rows(before: ApiTotals, after: ApiTotals,
                  colours: dict[str, str]) -> list[tuple[str, list[tuple[float, str, str]], str]]:
-    rows = []
+    rows: list[tuple[str, list[tuple[float, str, str]], str]] = []
     for (fund, year), (cap, committed) in sorted(after.budgets.items()):
         earlier = before.budgets.get((fund, year), (None, 0))[1]
         text = cny(committed) + (f" of {cny(cap)} ({committed / cap:.0%})" if cap else " · no cap configured")

@@ -18,5 +18,5 @@ class AssessmentSettings(ServiceSettings):
     # Results wait for EnrollmentAccepted: the enrollment service's backlog on its input must
     # be through before one expires (its outbox too: groups commit only published batches).
     pending_upstream: dict[str, tuple[str, ...]] = Field(
-        default_factory=lambda: {"enrollment": (topics.TRAINING_UPSTREAM,)}
+        default_factory=lambda: {"enrollment": (topics.TRAINING_UPSTREAM,)}  # type: ignore[arg-type]  # a tuple[str, ...]
     )

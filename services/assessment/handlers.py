@@ -128,7 +128,7 @@ async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings, cutof
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
         out = Outbox(source="/services/assessment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("assessment")))
-        rows = await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,
+        rows = await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
                                     describe=lambda ref: ref.replace(":", " ", 1))
         released = [
             orjson.loads(crypto.open_stored(bytes(r["value"])))["data"]["assessment_ref"]
@@ -139,4 +139,4 @@ async def expire_pending(pool: asyncpg.Pool, settings: AssessmentSettings, cutof
                 "DELETE FROM assessment WHERE assessment_ref = ANY($1::text[]) AND status = 'waiting'",
                 released,
             )
-        await out.flush(conn)
+        await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)

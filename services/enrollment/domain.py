@@ -41,7 +41,7 @@ class Enrollment:
     start_date: dt.date
     end_date: dt.date
     planned_hours: int
-    accepted: dict
+    accepted: dict[str, object]
     event_time: dt.datetime
     status: str = "open"
     closed_on: dt.date | None = None

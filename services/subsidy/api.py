@@ -139,7 +139,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             "rejections_by_reason": rejected, "reversals_by_reason": reversed_,
             "budgets": _budgets(policies, ledger, agency, year),
             # Held for integrity review and not reviewed yet: committed, not paid (POLICY §6).
-            "holds_open": open_holds["n"], "held_open_fen": open_holds["fen"],
+            "holds_open": open_holds["n"], "held_open_fen": open_holds["fen"],  # type: ignore[index]  # one row
         })
 
     async def ledger(request: Request) -> Response:

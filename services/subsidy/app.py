@@ -84,13 +84,13 @@ DEFINITION = ServiceDefinition(
     directory=Path(__file__).parent,
     # Reviews of held grants are facts too, read in broker time order with the others.
     topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
-    handler=build_handler,  # type: ignore[arg-type]
+    handler=build_handler,  # type: ignore[arg-type]  # called with SubsidySettings (cli below)
     routes=lambda pool, settings: (
-        api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]
+        api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]  # a SubsidySettings
         + reviews.routes(pool, settings)
-        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[arg-type]
+        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[attr-defined, arg-type]  # as above
     ),
-    sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),  # type: ignore[arg-type]
-    on_start=record_policy_loads,  # type: ignore[arg-type]
+    sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),
+    on_start=record_policy_loads,  # type: ignore[arg-type]  # called with SubsidySettings
     openapi=api.OPENAPI,
 )

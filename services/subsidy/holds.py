@@ -127,11 +127,11 @@ async def submit_review(
         out = Outbox(source=REVIEW_SOURCE, topic_prefix=topic_prefix)
         payload = ev.HoldReviewed(
             grant_id=grant_id, person_id=row["person_id"], agency=row["agency"],
-            decision=decision, reviewer=reviewer, note=note, reviewed_at=now,  # type: ignore[arg-type]
+            decision=decision, reviewer=reviewer, note=note, reviewed_at=now,
             review_id=review_id,
         )
         out.publish(topics.SUBSIDY_REVIEWS, payload, id=review_id, subject=row["person_id"],
                     agencyid=row["agency"], time=now)
-        await out.flush(conn)
+        await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
     return {"review_id": review_id, "grant_id": grant_id, "decision": decision,
             "status": "accepted"}

@@ -47,7 +47,7 @@ def build() -> AsyncAPI:
         payload: Any = reduce(or_, types.values())
         names = ", ".join(t.split(".")[-2] for t in types)
         if topic in CONSUMED_BY:
-            async def consume(message: payload) -> None:  # type: ignore[valid-type]
+            async def consume(message: payload) -> None:
                 """Documentation only: the services consume with shared.runtime.consumer."""
 
             broker.subscriber(

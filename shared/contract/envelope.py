@@ -94,7 +94,7 @@ def decode(
     except DecodeError as exc:
         source, id = obj.get("source"), obj.get("id")
         if _storable(source) and _storable(id):
-            exc.key = (source, id)
+            exc.key = (source, id)  # type: ignore[assignment]  # _storable: both are str
         raise
 
 

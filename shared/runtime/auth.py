@@ -264,8 +264,8 @@ class RateLimiter:
 
     def allow(self, key: str) -> float | None:
         """None when the call may go ahead (and counts it), else seconds until it could."""
-        now = self.clock()
-        window = self.calls.setdefault(key, deque())
+        now: float = self.clock()
+        window: deque[float] = self.calls.setdefault(key, deque())
         while window and window[0] <= now - 60.0:
             window.popleft()
         if len(window) >= self.per_minute:

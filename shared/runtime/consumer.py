@@ -296,7 +296,7 @@ class BatchConsumer:
             self.healthy = True
             await self.commit(batch)
 
-    async def process(self, batch: dict[TopicPartition, list]) -> None:
+    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
         records = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value)
@@ -325,10 +325,10 @@ class BatchConsumer:
         # Every line logged while this batch is handled carries its trace ids (W3C traceparent).
         with logs.context(**logs.batch_fields([i.event for i in decoded])):
             async with self.pool.acquire() as conn, conn.transaction():
-                fresh = await claim(conn, decoded, out)
+                fresh = await claim(conn, decoded, out)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
                 if fresh:
-                    await self.handler(conn, fresh, out)
-                await out.flush(conn)
+                    await self.handler(conn, fresh, out)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
+                await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
             log.debug("batch committed", extra={"records": len(records), "fresh": len(fresh)})
         self.progressed_at = time.monotonic()
 
@@ -342,7 +342,7 @@ class BatchConsumer:
             out = self.make_outbox()
             out.dead_letter(record, "database_refused", _refusal(exc))
             async with self.pool.acquire() as conn, conn.transaction():
-                await out.flush(conn)
+                await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
             log.warning("record refused by the database, dead-lettered", extra={
                 "topic": record.topic, "partition": record.partition, "offset": record.offset,
                 "error": repr(exc)[:500],
@@ -371,7 +371,7 @@ class BatchConsumer:
         self.committed_at = time.monotonic()
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                issued, oldest = await conn.fetchrow(PUBLISHED_SQL)
+                issued, oldest = await conn.fetchrow(PUBLISHED_SQL)  # type: ignore[misc]  # an aggregate: one row
         except (*db.DATABASE_ERRORS, TimeoutError) as exc:
             log.warning("outbox progress unknown, offsets not committed", extra={"error": repr(exc)})
             return
@@ -392,7 +392,7 @@ class BatchConsumer:
             # committed offset and the inbox absorbs what we already stored.
             log.warning("offset commit failed", extra={"error": repr(exc)})
 
-    async def commit(self, batch: dict[TopicPartition, list]) -> None:
+    async def commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
         fetched_at = time.time()
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         self.next_offsets.update(offsets)

@@ -137,7 +137,7 @@ async def migrate(dsn: str, service_dir: Path, *, ssl: SSLContext | str | None =
 
 async def check_schema(pool: asyncpg.Pool, service_dir: Path) -> None:
     async with pool.acquire() as conn:
-        done = await applied_versions(conn)
+        done = await applied_versions(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
     missing = [p.stem for p in migration_files(service_dir) if p.stem not in done]
     if missing:
         raise SchemaBehind(

@@ -27,12 +27,19 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 
 
 class EventLike(Protocol):
-    id: str
-    source: str
-    type: str
-    subject: str
-    agencyid: str
-    traceparent: str | None
+    # Read-only members, so that frozen events (CloudEvent) match.
+    @property
+    def id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def agencyid(self) -> str: ...
+    @property
+    def traceparent(self) -> str | None: ...
 
 
 def trace_id(traceparent: str | None) -> str | None:

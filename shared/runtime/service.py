@@ -469,11 +469,11 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     )]
     if separate:
         servers.append(uvicorn.Server(uvicorn.Config(
-            metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,
+            metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,  # type: ignore[arg-type]  # set: separate
             log_level="warning", access_log=False, lifespan="off",
         )))
     for server in servers:
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # ours below (an attribute uvicorn no longer reads)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
