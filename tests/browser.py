@@ -71,7 +71,7 @@ class Browser:
             if message.get("id") == call:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})  # type: ignore[no-any-return]
+                return message.get("result", {})
 
     async def eval(self, expression: str) -> Any:
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True,

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import orjson
@@ -224,7 +224,7 @@ class Producer:
         self.stack = stack
         self.producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=5)
 
-    async def __aenter__(self) -> Producer:
+    async def __aenter__(self) -> Self:
         await self.producer.start()
         return self
 
@@ -259,7 +259,7 @@ class Received:
 
     @property
     def event(self) -> dict[str, Any]:
-        return orjson.loads(self.value)  # type: ignore[no-any-return]
+        return orjson.loads(self.value)
 
 
 async def consumer_caught_up(consumer: AIOKafkaConsumer) -> bool:
@@ -286,7 +286,7 @@ class Collector:
         self.records: list[Received] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Collector:
+    async def __aenter__(self) -> Self:
         await self.consumer.start()
         self.task = asyncio.create_task(self._run())
         return self

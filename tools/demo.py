@@ -172,7 +172,7 @@ class Services:
     def _get(self, service: str, path: str) -> bytes:
         request = urllib.request.Request(self.urls[service] + path, headers=self.auth)
         with urllib.request.urlopen(request, timeout=5) as r:
-            return r.read()  # type: ignore[no-any-return]
+            return r.read()  # type: ignore[no-any-return]  # bytes from urlopen, JSON object from the API
 
     def tokens_required(self) -> bool:
         """Whether the subsidy API refuses a request without a token (API_TOKENS configured)."""
@@ -220,7 +220,7 @@ class Services:
         return dict(zip(SERVICES, found, strict=True))
 
     def _summary(self, agency: str, year: int) -> dict[str, Any]:
-        return orjson.loads(self._get("subsidy", f"/agencies/{agency}/summary?year={year}"))  # type: ignore[no-any-return]
+        return orjson.loads(self._get("subsidy", f"/agencies/{agency}/summary?year={year}"))  # type: ignore[no-any-return]  # bytes from urlopen, JSON object from the API
 
     async def totals(self, agencies: Sequence[str], years: Sequence[int]) -> dict[str, ApiTotals]:
         found: dict[str, ApiTotals] = {}
@@ -607,7 +607,7 @@ def console_lines(options: Options, services: Services) -> list[str]:
     if tokens is None or not services.tokens_required():
         return [f"Review console: {url} (this stack runs without API tokens: sign in with any "
                 "text as an auditor, who reads but cannot review; `make up` configures tokens)"]
-    reviewers: dict[str, str] = tokens["reviewers"]  # type: ignore[assignment]
+    reviewers: dict[str, str] = tokens["reviewers"]  # type: ignore[assignment]  # the token file's shape (tools.local_tokens)
     return [f"Review console: {url} — sign in with a reviewer token of an agency to release or "
             f"deny its held grants:"] + [
         f"  {agency:8} {reviewers[agency]}" for agency in options.agencies if agency in reviewers]

@@ -12,7 +12,7 @@ DEFINITION = ServiceDefinition(
     name="assessment",
     directory=Path(__file__).parent,
     topics=(topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
-    handler=handlers.make_handler,  # type: ignore[arg-type]
-    routes=api.routes,  # type: ignore[arg-type]
-    sweeps=(handlers.expire_pending,),  # type: ignore[arg-type]
+    handler=handlers.make_handler,  # type: ignore[arg-type]  # called with this service's own settings class
+    routes=api.routes,  # type: ignore[arg-type]  # called with this service's own settings class
+    sweeps=(handlers.expire_pending,),  # type: ignore[arg-type]  # called with this service's own settings class
 )

@@ -12,8 +12,8 @@ DEFINITION = ServiceDefinition(
     name="enrollment",
     directory=Path(__file__).parent,
     topics=(topics.TRAINING_UPSTREAM,),
-    handler=handlers.make_handler,  # type: ignore[arg-type]
-    routes=api.routes,  # type: ignore[arg-type]
-    sweeps=(handlers.expire_pending,),  # type: ignore[arg-type]
+    handler=handlers.make_handler,  # type: ignore[arg-type]  # called with this service's own settings class
+    routes=api.routes,  # type: ignore[arg-type]  # called with this service's own settings class
+    sweeps=(handlers.expire_pending,),  # type: ignore[arg-type]  # called with this service's own settings class
     openapi=api.OPENAPI,
 )

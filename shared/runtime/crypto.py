@@ -53,7 +53,7 @@ class Keyring:
 
     @property
     def fernet(self) -> MultiFernet:
-        return self._multi  # type: ignore[attr-defined,no-any-return]
+        return self._multi  # type: ignore[attr-defined,no-any-return]  # set in __post_init__ (frozen, slots)
 
     @property
     def current_id(self) -> str:
@@ -112,7 +112,7 @@ async def rotate_rows(dsn: str, keyring: Keyring, ssl: object = None) -> dict[st
 
     from shared.runtime import db
 
-    conn = await asyncpg.connect(dsn, **db.connect_kwargs(ssl))  # type: ignore[arg-type]
+    conn = await asyncpg.connect(dsn, **db.connect_kwargs(ssl))  # type: ignore[arg-type]  # options by name, checked by asyncpg
     changed = {"pending": 0, "outbox": 0, "trainee": 0}
     try:
         async with conn.transaction():

@@ -201,11 +201,11 @@ async def test_every_bad_record_lands_in_its_dlq_with_its_code_and_every_good_on
             extra: dict[str, Counter[str]] = {s: Counter() for s in SERVICES}
             for meta, poison in sent:
                 position = (meta.topic, str(meta.partition), str(meta.offset))
-                for service in consumers[meta.topic]:
-                    assert letters[service].get(position) == poison.code, (
-                        f"{poison.code} record at {position} in the {service} DLQ as "
-                        f"{letters[service].get(position)}")
-                    extra[service][poison.code] += 1
+                for reader in consumers[meta.topic]:
+                    assert letters[reader].get(position) == poison.code, (
+                        f"{poison.code} record at {position} in the {reader} DLQ as "
+                        f"{letters[reader].get(position)}")
+                    extra[reader][poison.code] += 1
                 assert values[position] == poison.value
             assert sum(extra["enrollment"].values()) == EACH * (len(KINDS) + 1)
             check_outcome(collector, oracle, extra, frozenset(p.value for p, _ in garbage))

@@ -121,14 +121,14 @@ def adversarial_pairs(rng: random.Random) -> list[Pair]:
         values = tuple(encode_raw(ENROLLED, enrolled(same, person), id=i, source=SOURCE,
                                   subject=same, agencyid="suqian", time="2026-05-04T08:00:00+08:00")
                        for i in ids)
-        pairs.append(Pair("ref", ids, (same, same), (p, q), values))  # type: ignore[arg-type]
+        pairs.append(Pair("ref", ids, (same, same), (p, q), values))  # type: ignore[arg-type]  # tuples of two, built so
         refs = (f"INST-ADV/2026/ovl-{n:03d}-a", f"INST-ADV/2026/ovl-{n:03d}-b")
         ids = (f"adv-ovl-{n:03d}-a", f"adv-ovl-{n:03d}-b")
         person = nid(rng)
         values = tuple(encode_raw(ENROLLED, enrolled(r, person), id=i, source=SOURCE, subject=r,
                                   agencyid="suqian", time="2026-05-04T08:00:00+08:00")
                        for r, i in zip(refs, ids, strict=True))
-        pairs.append(Pair("person", ids, refs, (q, p), values))  # type: ignore[arg-type]
+        pairs.append(Pair("person", ids, refs, (q, p), values))  # type: ignore[arg-type]  # tuples of two, built so
     return pairs
 
 
@@ -234,7 +234,7 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
             for replica in everyone():
                 await replica.wait_ready(WAIT)
             for name in SERVICES:
-                await wait_for(lambda n=name: group_of(world, n, first), WAIT, f"{first} {name} members")
+                await wait_for(lambda n=name: group_of(world, n, first), WAIT, f"{first} {name} members")  # type: ignore[misc]  # the default binds this iteration's value
             half = len(pop.training) // 2
             await producer.lanes(topics.TRAINING_UPSTREAM, pop, pop.training[:half])
             # the adversarial pairs, both records of each pair at once
@@ -255,7 +255,7 @@ async def run_world(private: PrivateStack, pop: Population, pairs: list[Pair],
             for replica in everyone():
                 await replica.wait_ready(WAIT)
             for name in SERVICES:
-                await wait_for(lambda n=name: group_of(world, n, then), WAIT, f"{then} {name} members")
+                await wait_for(lambda n=name: group_of(world, n, then), WAIT, f"{then} {name} members")  # type: ignore[misc]  # the default binds this iteration's value
             await producer.lanes(topics.TRAINING_UPSTREAM, pop, pop.training[half:])
             one = {n: rs[0] for n, rs in replicas.items()}
             await settle(world, one, collector)

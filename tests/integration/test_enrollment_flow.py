@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -134,7 +135,7 @@ def stack_topic(collector: Collector, name: str) -> str:
     return collector.prefix + name
 
 
-def _envelope(event_id: str) -> dict:
+def _envelope(event_id: str) -> dict[str, Any]:
     return {
         "specversion": "1.0", "id": event_id, "source": "/institutions/INST-T",
         "type": "skills.training.TraineeEnrolled.v1", "time": "2026-03-01T09:00:00+08:00",
@@ -153,7 +154,7 @@ async def test_a_crash_between_database_commit_and_offset_commit_loses_and_dupli
     ref, nid = b.ref(), b.national_id()
     await producer.event(UP, T + "TraineeEnrolled.v1", b.enrolled(ref, nid), subject=ref)
     assert crashing.proc is not None
-    await wait_for(lambda: crashing.proc.poll() is not None, 60, "the crash hook to fire")
+    await wait_for(lambda: crashing.proc.poll() is not None, 60, "the crash hook to fire")  # type: ignore[union-attr]  # asserted
     assert crashing.proc.returncode == 17
     conn = await crashing.db()
     try:

@@ -228,7 +228,7 @@ async def test_a_backlog_upstream_expires_nothing_that_arrives_and_what_never_ar
         "waiting period")
 
     # No unknown_reference for a record whose reference arrived.
-    wrong = []
+    wrong: list[tuple[str, ...]] = []
     for letter in seen.unknown("assessment"):
         e = letter.event
         if e["type"] == RESULT and e["data"].get("enrollment_ref") in accepted:

@@ -173,7 +173,7 @@ async def test_each_hostile_value_is_dead_lettered_with_its_code_and_the_valid_r
         # The internal topic: what a misbehaving producer could write there reaches the subsidy.
         internal: list[Sent] = []
         valid_pids: list[str] = []
-        hostile_internal = [
+        hostile_internal: list[tuple[dict[str, Any], str]] = [
             ({"hukou_agency": "su\x00qian"}, "control_character"),
             ({"fee": {"amount_fen": BEYOND_BIGINT + 5, "payer": "person"}}, "integer_out_of_range"),
         ]

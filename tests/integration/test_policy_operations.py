@@ -89,7 +89,7 @@ async def _cli(stack: Stack, policy_dir: Path, module: str, *args: str) -> dict[
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
-    return orjson.loads(out)  # type: ignore[no-any-return]
+    return orjson.loads(out)
 
 
 def _of(pid: str):  # noqa: ANN201

@@ -81,7 +81,7 @@ async def population(world: World) -> Population:
                        and count(seen, topics.dlq("enrollment")) >= enrollment_dead,
                        120, "the enrollment service published the population's events")
         for name in ("assessment", "subsidy"):
-            await wait_for(lambda s=world.services[name]: _count(s, "SELECT count(*) FROM inbox", n_enrollment),
+            await wait_for(lambda s=world.services[name]: _count(s, "SELECT count(*) FROM inbox", n_enrollment),  # type: ignore[misc]  # the default binds this iteration's value
                            120, f"{name} consumed the enrollment events")
         await produce(producer, topics.ASSESSMENT_UPSTREAM, pop, pop.assessment)
         await wait_for(lambda: count(seen, topics.ASSESSMENT_EVENTS) >= n_assessment

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth, db
 from shared.runtime.service import check_settings, database_ssl, http_app, kafka_security
@@ -88,7 +89,7 @@ def test_an_unknown_sslmode_is_a_settings_error() -> None:
 
 
 def test_development_defaults_are_each_named_outside_development() -> None:
-    found = EnrollmentSettings(ENVIRONMENT="production")  # type: ignore[call-arg]
+    found = EnrollmentSettings(ENVIRONMENT="production")  # type: ignore[call-arg]  # by alias, as the environment sets it
     assert found.person_id_secret == DEV_PERSON_ID_SECRET and found.data_key == DEV_DATA_KEY
     with pytest.raises(SystemExit) as refused:
         check_settings(found)
@@ -177,8 +178,8 @@ def app_with(raw: str) -> httpx.AsyncClient:
     async def public(request: Request) -> JSONResponse:
         return JSONResponse({"id": request.path_params["id"]})
 
-    routes = [Route("/agencies/{agency}/x", agency_data), Route("/audit", audit),
-              Route("/certificates/{id}", public)]
+    routes: list[BaseRoute] = [Route("/agencies/{agency}/x", agency_data), Route("/audit", audit),
+                               Route("/certificates/{id}", public)]
     app = http_app(None, routes, auth.token_table(raw, AGENCIES, development=True))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
@@ -227,6 +228,6 @@ def test_a_reviewer_token_reads_its_agency_and_reviews_only_its_holds_and_carrie
     {"role": "reviewer", "agency": "suqian", "name": "张三"},  # names carry no personal data
     {"role": "agency", "agency": "suqian", "name": ""},
 ])
-def test_a_bad_reviewer_entry_refuses_to_start(entry: dict) -> None:
+def test_a_bad_reviewer_entry_refuses_to_start(entry: dict[str, Any]) -> None:
     with pytest.raises(auth.TokenConfigError):
         auth.token_table(table_json(t=entry), AGENCIES, development=False)

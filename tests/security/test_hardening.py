@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -14,7 +15,7 @@ import yaml
 from cryptography.fernet import Fernet
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth, crypto
 from shared.runtime.http import json_body
@@ -66,7 +67,7 @@ def test_without_environment_a_service_is_in_production(monkeypatch) -> None:
 ])
 def test_weak_or_placeholder_person_id_secrets_are_refused_in_production(secret) -> None:
     assert secret_weakness(secret) is not None
-    said = refusal(ServiceSettings(**production(PERSON_ID_SECRET=secret)))  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(**production(PERSON_ID_SECRET=secret)))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "PERSON_ID_SECRET" in said
     assert secret not in said  # never echoed
 
@@ -74,22 +75,22 @@ def test_weak_or_placeholder_person_id_secrets_are_refused_in_production(secret)
 def test_a_generated_secret_passes_and_production_with_everything_set_starts() -> None:
     assert secret_weakness(secrets.token_urlsafe(32)) is None
     assert secret_weakness(STRONG) is None
-    table = check_settings(ServiceSettings(**production()))  # type: ignore[arg-type]
+    table = check_settings(ServiceSettings(**production()))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert not table.open
 
 
 def test_a_malformed_data_key_is_refused_even_in_development() -> None:
-    said = refusal(ServiceSettings(ENVIRONMENT="development", DATA_ENCRYPTION_KEY="not-a-key"))  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(ENVIRONMENT="development", DATA_ENCRYPTION_KEY="not-a-key"))  # type: ignore[call-arg]  # by alias, as the environment sets it
     assert "DATA_ENCRYPTION_KEY" in said and "not-a-key" not in said
-    said = refusal(ServiceSettings(ENVIRONMENT="development",  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(ENVIRONMENT="development",  # type: ignore[call-arg]  # by alias, as above
                                    DATA_ENCRYPTION_PREVIOUS_KEYS=f"{DEV_DATA_KEY},short"))
     assert "DATA_ENCRYPTION_PREVIOUS_KEYS entry 2" in said
 
 
 def test_the_k8s_and_compose_placeholder_data_keys_are_refused_in_production() -> None:
-    said = refusal(ServiceSettings(**production(DATA_ENCRYPTION_KEY=DEV_DATA_KEY)))  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(**production(DATA_ENCRYPTION_KEY=DEV_DATA_KEY)))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "DATA_ENCRYPTION_KEY is the development default" in said
-    said = refusal(ServiceSettings(**production(DATA_ENCRYPTION_KEY="replace-with-a-fernet-key")))  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(**production(DATA_ENCRYPTION_KEY="replace-with-a-fernet-key")))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "DATA_ENCRYPTION_KEY" in said
 
 
@@ -97,7 +98,7 @@ def test_the_k8s_and_compose_placeholder_data_keys_are_refused_in_production() -
 
 
 def test_production_refuses_plaintext_kafka_and_unverified_postgres_naming_both() -> None:
-    said = refusal(ServiceSettings(**production(  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(**production(  # type: ignore[arg-type]  # fields by name, validated by pydantic
         KAFKA_SECURITY_PROTOCOL="PLAINTEXT", DATABASE_SSLMODE="require")))
     assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in said
     assert "sslmode is require" in said
@@ -105,7 +106,7 @@ def test_production_refuses_plaintext_kafka_and_unverified_postgres_naming_both(
 
 
 def test_verify_full_may_come_from_the_dsn_and_the_migration_dsn_is_checked_too() -> None:
-    ok = ServiceSettings(**production())  # type: ignore[arg-type]
+    ok = ServiceSettings(**production())  # type: ignore[arg-type]  # fields by name, validated by pydantic
     ok = ok.model_copy(update={"database_sslmode": None,
                                "database_url": "postgresql://a@db/x?sslmode=verify-full"})
     assert ok.transport_problems() == []
@@ -117,9 +118,9 @@ def test_allow_insecure_transport_waives_only_the_transport_checks(caplog) -> No
     waived = production(KAFKA_SECURITY_PROTOCOL="PLAINTEXT", DATABASE_SSLMODE="disable",
                         ALLOW_INSECURE_TRANSPORT="true")
     with caplog.at_level("WARNING"):
-        check_settings(ServiceSettings(**waived))  # type: ignore[arg-type]
+        check_settings(ServiceSettings(**waived))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "ALLOW_INSECURE_TRANSPORT" in caplog.text
-    said = refusal(ServiceSettings(**{**waived, "PERSON_ID_SECRET": "x" * 40}))  # type: ignore[arg-type]
+    said = refusal(ServiceSettings(**{**waived, "PERSON_ID_SECRET": "x" * 40}))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "PERSON_ID_SECRET" in said and "KAFKA" not in said
 
 
@@ -127,14 +128,14 @@ def test_allow_insecure_transport_waives_only_the_transport_checks(caplog) -> No
 
 
 def test_production_refuses_a_missing_catalogue_dir_or_an_agency_without_a_catalogue(tmp_path) -> None:
-    said = refusal(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path / "no")))  # type: ignore[arg-type]
+    said = refusal(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path / "no")))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "is not a directory" in said
     for agency in ("city-a", "suqian", "baoshan"):
         (tmp_path / f"{agency}.json").write_text(json.dumps({"agency": agency}))
-    said = refusal(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path)))  # type: ignore[arg-type]
+    said = refusal(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path)))  # type: ignore[arg-type]  # fields by name, validated by pydantic
     assert "no catalogue for beijing" in said
     (tmp_path / "beijing.json").write_text(json.dumps({"agency": "beijing"}))
-    check_settings(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path)))  # type: ignore[arg-type]
+    check_settings(EnrollmentSettings(**production(), catalogue_dir=str(tmp_path)))  # type: ignore[arg-type]  # fields by name, validated by pydantic
 
 
 # ---- the person-id secret's fingerprint ------------------------------------------------------
@@ -183,7 +184,7 @@ def client(*, protect_metrics: bool = False) -> httpx.AsyncClient:
         """Echo the JSON body."""
         return JSONResponse({"body": await json_body(request)})
 
-    routes = [Route("/echo", echo, methods=["POST"]), Route("/things/{ref:path}", echo)]
+    routes: list[BaseRoute] = [Route("/echo", echo, methods=["POST"]), Route("/things/{ref:path}", echo)]
     table = auth.token_table(TOKENS, AGENCIES, development=False)
     app = http_app(None, routes, table, title="t", protect_metrics=protect_metrics,
                    described={"/echo": {"body": {"type": "object"}}})
@@ -286,7 +287,7 @@ def test_compose_binds_to_localhost_and_has_no_default_secrets() -> None:
     assert "${PERSON_ID_SECRET:?" in text and "${DATA_ENCRYPTION_KEY:?" in text
 
 
-def _k8s(name: str) -> list[dict]:
+def _k8s(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((ROOT / "deploy/k8s" / name).read_text()) if d]
 
 

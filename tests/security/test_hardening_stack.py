@@ -34,7 +34,7 @@ async def refusal(service: ServiceProcess) -> str:
     before = path.stat().st_size if path.exists() else 0
     service.start()
     assert service.proc is not None and service.log_path is not None
-    await wait_for(lambda: service.proc.poll() is not None, 60, f"{service.name} to exit")  # type: ignore[union-attr]
+    await wait_for(lambda: service.proc.poll() is not None, 60, f"{service.name} to exit")  # type: ignore[union-attr]  # started above
     assert service.proc.returncode != 0
     with service.log_path.open("rb") as log:
         log.seek(before)
@@ -99,7 +99,7 @@ async def test_production_with_the_transport_waived_serves_metrics_only_with_a_t
             assert (await client.get(f"{url}/healthz")).status_code == 200
             document = (await client.get(f"{url}/openapi.json", headers=token)).json()
         assert {"/persons/{person_id}/certificates", "/certificates/{certificate_id}"} <= set(document["paths"])
-        assert "ALLOW_INSECURE_TRANSPORT" in service.log_path.read_text()  # type: ignore[union-attr]
+        assert "ALLOW_INSECURE_TRANSPORT" in service.log_path.read_text()  # type: ignore[union-attr]  # started above
     finally:
         service.stop()
     metrics_port = free_port()
@@ -252,7 +252,7 @@ async def test_dead_letters_and_parked_records_are_sealed_keys_rotate_and_the_dl
             assert nid.encode() not in letter.sealed and "张三".encode() not in letter.sealed
             assert crypto.Keyring.of([first]).open(letter.sealed) == enrolled
             await wait_for(lambda: fetchval(service, "SELECT count(*) FROM pending"), 30, "the parked record")
-            parked = bytes(await fetchval(service, "SELECT value FROM pending"))  # type: ignore[arg-type]
+            parked = bytes(await fetchval(service, "SELECT value FROM pending"))  # type: ignore[call-overload]  # a bytea column
             assert waiting.encode() not in parked
             assert crypto.Keyring.of([first]).open(parked) == attended
             service.stop()
@@ -263,7 +263,7 @@ async def test_dead_letters_and_parked_records_are_sealed_keys_rotate_and_the_dl
             rotated = tool("shared.runtime.crypto", "rotate", "enrollment", env=env)
             assert rotated.returncode == 0, rotated.stderr
             assert "1 parked records" in rotated.stdout
-            resealed = bytes(await fetchval(service, "SELECT value FROM pending"))  # type: ignore[arg-type]
+            resealed = bytes(await fetchval(service, "SELECT value FROM pending"))  # type: ignore[call-overload]  # a bytea column
             assert crypto.Keyring.of([second]).open(resealed) == attended
             assert "1 identities" in rotated.stdout
             conn = await service.db()

@@ -26,7 +26,7 @@ async def refusal(service: ServiceProcess) -> str:
     """Start the service, wait for it to exit, and return its last words; it must exit non-zero."""
     service.start()
     assert service.proc is not None
-    await wait_for(lambda: service.proc.poll() is not None, 30, f"{service.name} to exit")  # type: ignore[union-attr]
+    await wait_for(lambda: service.proc.poll() is not None, 30, f"{service.name} to exit")  # type: ignore[union-attr]  # started above
     assert service.proc.returncode != 0
     return service.log_tail(1)  # the log file is the stack's: earlier starts wrote above
 

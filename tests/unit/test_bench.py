@@ -169,7 +169,7 @@ def test_the_overlap_probe_counts_instants_with_two_replicas_in_a_batch() -> Non
             return [SimpleNamespace(name="subsidy", port=1), SimpleNamespace(name="subsidy", port=2),
                     SimpleNamespace(name="enrollment", port=3)]
 
-    probe = OverlapProbe(World())  # type: ignore[arg-type]
+    probe = OverlapProbe(World())  # type: ignore[arg-type]  # a fake world with the used part
     assert set(probe.groups) == {"subsidy"}
     probe.started, probe.stopped = 0.0, 10.0
     for states in ([True, True], [True, False], [False, False], [True, True]):

@@ -48,14 +48,14 @@ def test_the_contract_example_is_accepted_as_written() -> None:
     event = decode(EXAMPLE, UP, AGENCIES)
     assert event.type == "skills.training.TraineeEnrolled.v1"
     assert event.key == ("/institutions/INST-0001", "INST-0001-evt-000001")
-    assert event.data.course.planned_hours == 80  # type: ignore[attr-defined]
+    assert event.data.course.planned_hours == 80  # type: ignore[attr-defined]  # the payload of that type
 
 
 def test_the_upstream_and_output_certificate_revoked_are_told_apart_by_topic() -> None:
     data = {"certificate_id": "C-1", "revoked_on": "2026-06-01", "reason": "fraud"}
     value = encode_raw("skills.assessment.CertificateRevoked.v1", data, id="1", source="/a",
                        subject="C-1", agencyid="suqian", time="2026-06-01T00:00:00Z")
-    assert decode(value, "skills.assessment.upstream").data.certificate_id == "C-1"  # type: ignore[attr-defined]
+    assert decode(value, "skills.assessment.upstream").data.certificate_id == "C-1"  # type: ignore[attr-defined]  # the payload of that type
     with pytest.raises(DecodeError) as exc:
         decode(value, "skills.assessment.events")
     assert exc.value.code == "schema_violation"

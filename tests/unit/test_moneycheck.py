@@ -311,7 +311,7 @@ def test_totals_per_agency_fund_and_year_are_compared_with_the_ledger_and_the_su
     w.reverse("p1", "suqian", living, 36000, time="2027-01-05T10:00:00+08:00")
     found = check(POLICIES, Facts.of(w.facts), w.subsidy)
     assert found.problems == []
-    ledger = [
+    ledger: list[dict[str, Any]] = [
         {"event_type": "granted", "fund": ES, "decided_on": "2026-01-20", "amount_fen": 36000},
         {"event_type": "granted", "fund": ES, "decided_on": "2026-04-01", "amount_fen": 15000},
         {"event_type": "rejected", "fund": None, "decided_on": "2026-04-01", "amount_fen": 0},

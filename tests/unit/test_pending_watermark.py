@@ -182,6 +182,6 @@ class FakeConsumer:
 
 
 async def test_a_partition_the_group_never_committed_counts_from_its_log_start() -> None:
-    offsets = KafkaOffsets(FakeAdmin(), FakeConsumer())  # type: ignore[arg-type]
+    offsets = KafkaOffsets(FakeAdmin(), FakeConsumer())
     assert await offsets.ends([UPSTREAM]) == {(UPSTREAM, 0): 9, (UPSTREAM, 1): 9}
     assert await offsets.positions("enrollment", [UPSTREAM]) == {(UPSTREAM, 0): 7, (UPSTREAM, 1): 4}

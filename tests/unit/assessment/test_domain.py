@@ -20,7 +20,7 @@ def result(**over: object) -> Result:
         theory_score=78.5, practical_score=81, assessed_on=dt.date(2026, 3, 25),
     )
     fields.update(over)
-    return Result(**fields)  # type: ignore[arg-type]
+    return Result(**fields)  # type: ignore[arg-type]  # fields by name, validated by pydantic
 
 
 @pytest.mark.parametrize("kind", ["qualification", "skill_level"])

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ D = dt.date
 
 
 def enrollment(**over: object) -> Enrollment:
-    base: dict = dict(
+    base: dict[str, Any] = dict(
         enrollment_ref="I/1", agency="suqian", person_id="p_" + "0" * 32, institution_id="I",
         course_id="C-1", start_date=D(2026, 3, 1), end_date=D(2026, 3, 20), planned_hours=80,
         accepted={}, event_time=dt.datetime(2026, 3, 1, tzinfo=dt.UTC), attendance={}, months={},
@@ -64,8 +65,8 @@ def test_a_closed_catalogue_refuses_unlisted_institutions_and_courses(tmp_path: 
         {"agency": "suqian", "institutions": ["INST-1"], "courses": ["C-1"]}))
     catalogues = domain.Catalogues.load(tmp_path)
     assert catalogues.of("suqian").refusal("INST-1", "C-1") is None
-    assert catalogues.of("suqian").refusal("INST-2", "C-1")[0] == "institution_not_accredited"  # type: ignore[index]
-    assert catalogues.of("suqian").refusal("INST-1", "C-9")[0] == "course_not_in_catalogue"  # type: ignore[index]
+    assert catalogues.of("suqian").refusal("INST-2", "C-1")[0] == "institution_not_accredited"  # type: ignore[index]  # refused: not None
+    assert catalogues.of("suqian").refusal("INST-1", "C-9")[0] == "course_not_in_catalogue"  # type: ignore[index]  # refused: not None
     assert catalogues.of("beijing").refusal("ANY", "ANY") is None
 
 

@@ -6,7 +6,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from shared.runtime.assignor import CoPartitionedAssignor
 
-TOPICS = ("skills.enrollment.events", "skills.assessment.events")
+TOPICS: tuple[str, ...] = ("skills.enrollment.events", "skills.assessment.events")
 
 
 class Cluster:
@@ -20,7 +20,7 @@ class Cluster:
         return None if n is None else set(range(n))
 
 
-def assign(assignor, members: dict[str, tuple[str, ...]], partitions: dict[str, int]):  # type: ignore[no-untyped-def]
+def assign(assignor, members: dict[str, tuple[str, ...]], partitions: dict[str, int]):
     metadata = {m: assignor.metadata(topics) for m, topics in members.items()}
     result = assignor.assign(Cluster(partitions), metadata)
     return {m: {t: set(p) for t, p in a.assignment} for m, a in result.items()}

@@ -70,7 +70,7 @@ def test_example_5_baoshan_withdrawal_reverses_the_advance_and_pays_no_living_al
     advance = w.last_outputs[0]
     outputs = w.withdraw(ref, on="2026-04-08")
     assert summary(outputs) == [("reversed", "BS-PREJOB", "advance_not_earned", 40000)]
-    assert outputs[0].grant_id == advance.grant_id  # type: ignore[union-attr]
+    assert outputs[0].grant_id == advance.grant_id  # type: ignore[union-attr]  # present in this example
 
 
 def test_example_6_city_a_two_year_apprenticeship_pays_one_grant_per_year():
@@ -80,7 +80,7 @@ def test_example_6_city_a_two_year_apprenticeship_pays_one_grant_per_year():
     w.complete(ref)
     outputs = w.certify(ref, kind="skill_level")
     assert summary(outputs) == [("granted", "A-APPR", "full", 500000, "employer")] * 2
-    assert [o.basis.year_index for o in outputs] == [1, 2]  # type: ignore[union-attr]
+    assert [o.basis.year_index for o in outputs] == [1, 2]  # type: ignore[union-attr]  # present in this example
 
 
 def _work_for_training(insured: bool) -> World:
@@ -95,7 +95,7 @@ def _work_for_training(insured: bool) -> World:
 def test_example_7_suqian_work_for_training_pays_six_months_and_not_the_seventh():
     w = _work_for_training(insured=True)
     assert summary(w.outputs) == [("granted", "SQ-YGDX", "full", 15000, "employer")] * 6
-    assert [o.basis.month for o in w.outputs] == [  # type: ignore[union-attr]
+    assert [o.basis.month for o in w.outputs] == [  # type: ignore[union-attr]  # present in this example
         f"2026-{m:02d}" for m in range(1, 7)]
 
 
@@ -118,5 +118,5 @@ def test_example_8_fourth_certificate_hits_the_annual_limit_and_revocation_does_
     first = w.outputs[0]
     outputs = w.revoke(certificates[0])
     assert summary(outputs) == [("reversed", "BJ-CERT-IND", "certificate_revoked", 150000)]
-    assert outputs[0].grant_id == first.grant_id  # type: ignore[union-attr]
+    assert outputs[0].grant_id == first.grant_id  # type: ignore[union-attr]  # present in this example
     assert len(w.outputs) == 5
