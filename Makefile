@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # local stack, the demo, the benchmark and the tests run them in development explicitly.
 export ENVIRONMENT ?= development
 
-.PHONY: help venv up down status test demo bench bench-quick stack-up stack-down services-up services-down schemas asyncapi test-faults
+.PHONY: help venv up down status test lint demo bench bench-quick stack-up stack-down services-up services-down schemas asyncapi test-faults
 
 help:
 	@echo "make up       start Kafka, PostgreSQL and the three services; returns when all are ready"
@@ -13,6 +13,7 @@ help:
 	@echo "make status   one line per component"
 	@echo "make test     set up and run the whole test suite (starts the stack if needed)"
 	@echo "make test-faults  only the fault-injection suite (private Kafka and PostgreSQL, ~6 min)"
+	@echo "make lint     ruff, mypy and import-linter (configured in pyproject.toml); CI runs it before the tests"
 	@echo "make demo     run the multi-agency end-to-end flow on the real stack (budgeted policies) and print a report"
 	@echo "make bench    end-to-end benchmark on the real stack (BENCH_ARGS='--persons 5000' for a quick run)"
 	@echo "make bench-quick  the benchmark at 10,000 persons (a few minutes; for every change of the hot path)"
@@ -49,6 +50,14 @@ test: stack-up
 
 test-faults: stack-up
 	$(PY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
+
+# All three run, so that one run shows every finding; it fails when any of them does.
+lint: venv
+	@rc=0; \
+	echo "--- ruff check"; $(PY) -m ruff check . || rc=1; \
+	echo "--- mypy"; $(PY) -m mypy || rc=1; \
+	echo "--- lint-imports"; $(dir $(PY))lint-imports || rc=1; \
+	exit $$rc
 
 # The demo's services decide with the budgeted policy set (budgets that run out mid-run), unless
 # SUBSIDY_POLICY_DIR says otherwise; the variable reaches `up` (a prerequisite) and the demo.
