@@ -14,7 +14,6 @@ from shared.contract.envelope import decode, encode_raw
 from shared.runtime import db
 from shared.runtime.consumer import Incoming
 from shared.runtime.outbox import Outbox, RawRecord
-
 from tests.harness import PG, ROOT
 
 _offsets = itertools.count()

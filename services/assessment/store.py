@@ -186,7 +186,7 @@ class PostgresAssessmentStore:
         await pending.park(conn, changes.parked)
 
 
-def _columns(rows: list, *names: str) -> list[list]:  # type: ignore[type-arg]
+def _columns(rows: list[Any], *names: str) -> list[list[Any]]:
     return [[getattr(r, n) for r in rows] for n in names]
 
 

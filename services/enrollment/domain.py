@@ -219,7 +219,7 @@ class Enrol(Command):
     end_date: dt.date
     planned_hours: int
     accepted: Any
-    accepted_json: dict | None
+    accepted_json: dict[str, Any] | None
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,6 @@ async def expire_pending(pool: asyncpg.Pool, settings: EnrollmentSettings, cutof
     async with pool.acquire() as conn, conn.transaction():
         out = Outbox(source="/services/enrollment", topic_prefix=settings.topic_prefix,
                      dlq_topic=settings.topic(topics.dlq("enrollment")))
-        await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,
+        await pending.expire(conn, cutoff, out, settings.pending_wait_seconds,  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
                              describe=lambda ref: f"enrollment {ref}")
-        await out.flush(conn)
+        await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)

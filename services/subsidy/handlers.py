@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]],
-                 data: dict[str, Any] | None = None) -> tuple | None:
+                 data: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
     """The ledger row of one output (None for budget notices, which are not decisions);
     ``data`` is ``output.to_payload()`` when the caller already has it."""
     payload = orjson.dumps(output.to_payload() if data is None else data).decode()
@@ -121,7 +121,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet,
             return touched, decided
 
         (touched, decided), ledger, start = await uow.decide(conn, budgeted, run)
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         funds: dict[str, tuple[str, str]] = {}
         hold_outputs: list[Output] = []
         released: list[str] = []

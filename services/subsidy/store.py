@@ -43,7 +43,7 @@ class Changes:
     they began from."""
 
     states: dict[str, PersonState] = field(default_factory=dict)
-    decisions: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]
+    decisions: list[tuple[Any, ...]] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     reviews: list[HoldReviewed] = field(default_factory=list)
@@ -64,7 +64,7 @@ class SubsidyStore(Protocol):
         """Write a batch's changes; return the fund years it changed, as stored."""
 
 
-def reversal_funds(rows: list[tuple], funds: dict[str, tuple[str, str]]) -> list[tuple]:  # type: ignore[type-arg]
+def reversal_funds(rows: list[tuple[Any, ...]], funds: dict[str, tuple[str, str]]) -> list[tuple[Any, ...]]:
     """The rows with each reversal's fund and payee kind filled from ``funds`` (by grant)."""
     out = []
     for row in rows:
@@ -75,7 +75,7 @@ def reversal_funds(rows: list[tuple], funds: dict[str, tuple[str, str]]) -> list
     return out
 
 
-def missing_funds(rows: list[tuple]) -> list[str]:  # type: ignore[type-arg]
+def missing_funds(rows: list[tuple[Any, ...]]) -> list[str]:
     """Grants reversed in these rows whose fund the batch does not know (decided earlier)."""
     return [r[10] for r in rows if r[1] == "reversed" and r[8] is None]
 
@@ -119,7 +119,7 @@ class PostgresSubsidyStore:
         return await budgets.store(conn, changes.ledger, changes.start)
 
     @staticmethod
-    async def _resolve_reversed_funds(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:  # type: ignore[type-arg]
+    async def _resolve_reversed_funds(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Fill the fund of reversals whose grant was decided in an earlier batch (one query)."""
         missing = missing_funds(rows)
         if not missing:
@@ -137,7 +137,7 @@ class MemorySubsidyStore:
 
     def __init__(self) -> None:
         self.states: dict[str, tuple[str, bool]] = {}  # person -> (state JSON, has_pending)
-        self.decisions: list[tuple] = []  # type: ignore[type-arg]
+        self.decisions: list[tuple[Any, ...]] = []
         self.holds: dict[str, dict[str, Any]] = {}  # grant -> the hold row
         self.reviews: dict[str, HoldReviewed] = {}  # grant -> its review
         self.funds: dict[str, FundYear] = {}

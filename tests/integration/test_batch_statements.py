@@ -27,7 +27,6 @@ from services.enrollment.store import MemoryEnrollmentStore
 from services.subsidy import handlers as subsidy
 from services.subsidy.app import policies_from
 from services.subsidy.config import SubsidySettings
-
 from tests import builders as b
 from tests.harness import SECRET
 from tests.uow import Counting, drop_database, fresh_database, incoming
@@ -35,9 +34,9 @@ from tests.uow import Counting, drop_database, fresh_database, incoming
 pytestmark = pytest.mark.integration
 
 ENV = {"PERSON_ID_SECRET": SECRET, "ENVIRONMENT": "development"}
-ENROLLMENT = EnrollmentSettings(**ENV)  # type: ignore[arg-type]
-ASSESSMENT = AssessmentSettings(**ENV)  # type: ignore[arg-type]
-SUBSIDY = SubsidySettings(**ENV)  # type: ignore[arg-type]
+ENROLLMENT = EnrollmentSettings(**ENV)  # type: ignore[arg-type]  # fields by name, validated by pydantic
+ASSESSMENT = AssessmentSettings(**ENV)  # type: ignore[arg-type]  # fields by name, validated by pydantic
+SUBSIDY = SubsidySettings(**ENV)  # type: ignore[arg-type]  # fields by name, validated by pydantic
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ async def chain(n: int) -> tuple[list[Incoming], list[Incoming]]:
     enrol = enrollment.make_handler(ENROLLMENT, MemoryEnrollmentStore())
     out = Outbox(source="/services/enrollment", dlq_topic="dlq")
     for batch in (first, second, third):
-        await enrol(None, batch, out)  # type: ignore[arg-type]
+        await enrol(None, batch, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
     enrolled = outputs(out, topics.ENROLLMENT_EVENTS)
     results = []
     for event in enrolled:
@@ -147,7 +146,7 @@ async def test_assessment_and_subsidy_statements_per_batch_do_not_grow(
         memory_grade = assessment.make_handler(ASSESSMENT, MemoryAssessmentStore())
         out = Outbox(source="/services/assessment", dlq_topic="dlq")
         for batch in (results, enrolled):
-            await memory_grade(None, batch, out)  # type: ignore[arg-type]
+            await memory_grade(None, batch, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
         facts = enrolled + outputs(out, topics.ASSESSMENT_EVENTS)
         decide = subsidy.make_handler(SUBSIDY, policies_from(SUBSIDY.policy_dir))
         counts["subsidy"][n] = [len(await statements(databases["subsidy"], decide, facts))]

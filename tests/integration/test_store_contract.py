@@ -31,7 +31,6 @@ from services.enrollment.store import MemoryEnrollmentStore, PostgresEnrollmentS
 from services.subsidy.state import BudgetLedger, FundYear, PersonState
 from services.subsidy.store import Changes as SubsidyChanges
 from services.subsidy.store import MemorySubsidyStore, PostgresSubsidyStore
-
 from tests import builders as b
 from tests.harness import SECRET
 from tests.uow import drop_database, fresh_database, incoming
@@ -40,8 +39,8 @@ pytestmark = pytest.mark.integration
 
 D = dt.date
 T0 = dt.datetime(2026, 3, 1, 1, 0, tzinfo=dt.UTC)
-ENROLLMENT = EnrollmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]
-ASSESSMENT = AssessmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]
+ENROLLMENT = EnrollmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]  # by alias, as the environment sets it
+ASSESSMENT = AssessmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]  # by alias, as the environment sets it
 
 
 class Unit:
@@ -71,7 +70,7 @@ async def unit(kind: str, service: str, databases: dict[str, str]) -> tuple[Unit
     if kind == "memory":
         return Unit(memory[service](), None), None
     conn = await asyncpg.connect(databases[service])
-    postgres = {"enrollment": lambda: PostgresEnrollmentStore(crypto.Keyring.of(
+    postgres: dict[str, Any] = {"enrollment": lambda: PostgresEnrollmentStore(crypto.Keyring.of(
                     ENROLLMENT.data_keys).fernet),
                 "assessment": PostgresAssessmentStore, "subsidy": PostgresSubsidyStore}
     return Unit(postgres[service](), conn), conn
@@ -273,7 +272,7 @@ async def _subsidy_contract(run: Unit) -> None:
     # The next batch's decisions start from the stored fund years; what it adds is added.
     seen: list[FundYear] = []
     result, ledger, began = await run("decide", frozenset({key}),
-                                      lambda led: seen.append(led.get("suqian", "employment", 2026)) or "ok")
+                                      lambda led: seen.append(led.get("suqian", "employment", 2026)) or "ok")  # type: ignore[func-returns-value]  # then "ok"
     assert (result, seen, began[key]) == ("ok", [FundYear(150000, (5000,))], FundYear(150000, (5000,)))
     ledger.funds[key] = FundYear(100000, (5000,))  # a reversal gives 50,000 back
     changed = await run("record", SubsidyChanges(

@@ -14,12 +14,11 @@ from services.assessment.config import AssessmentSettings
 from services.assessment.domain import certificate_id
 from services.assessment.handlers import ACCEPTED, RESULT, REVOKED, make_handler
 from services.assessment.store import MemoryAssessmentStore
-
 from tests import builders as b
 from tests.harness import SECRET
 from tests.uow import dead, incoming, published
 
-SETTINGS = AssessmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]
+SETTINGS = AssessmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]  # by alias, as the environment sets it
 
 
 def accepted(ref: str, nid: str) -> Any:
@@ -48,7 +47,7 @@ def revoked(cid: str) -> Any:
 
 async def run(store: MemoryAssessmentStore, items: list[Any]) -> Outbox:
     out = Outbox(source="/services/assessment", dlq_topic="dlq")
-    await make_handler(SETTINGS, store)(None, items, out)  # type: ignore[arg-type]
+    await make_handler(SETTINGS, store)(None, items, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
     return out
 
 

@@ -20,12 +20,11 @@ from services.enrollment.handlers import (
     make_handler,
 )
 from services.enrollment.store import MemoryEnrollmentStore
-
 from tests import builders as b
 from tests.harness import SECRET
 from tests.uow import dead, incoming, published
 
-SETTINGS = EnrollmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]
+SETTINGS = EnrollmentSettings(PERSON_ID_SECRET=SECRET, ENVIRONMENT="development")  # type: ignore[call-arg]  # by alias, as the environment sets it
 
 
 def rec(type: str, data: dict[str, Any], **over: Any) -> Any:
@@ -34,7 +33,7 @@ def rec(type: str, data: dict[str, Any], **over: Any) -> Any:
 
 async def run(store: MemoryEnrollmentStore, items: list[Any]) -> Outbox:
     out = Outbox(source="/services/enrollment", dlq_topic="dlq")
-    await make_handler(SETTINGS, store)(None, items, out)  # type: ignore[arg-type]
+    await make_handler(SETTINGS, store)(None, items, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
     return out
 
 

@@ -22,19 +22,18 @@ from services.subsidy.app import policies_from
 from services.subsidy.config import SubsidySettings
 from services.subsidy.handlers import make_handler
 from services.subsidy.store import MemorySubsidyStore
-
 from tests import builders as b
 from tests.harness import SECRET
 from tests.uow import incoming, published
 
 ENV = {"PERSON_ID_SECRET": SECRET, "ENVIRONMENT": "development"}
-SUBSIDY = SubsidySettings(**ENV)  # type: ignore[arg-type]
+SUBSIDY = SubsidySettings(**ENV)  # type: ignore[arg-type]  # fields by name, validated by pydantic
 
 
 async def enrollment_events(items: list[Incoming]) -> list[Incoming]:
     out = Outbox(source="/services/enrollment", dlq_topic="dlq")
-    handler = enrollment.make_handler(EnrollmentSettings(**ENV), MemoryEnrollmentStore())  # type: ignore[arg-type]
-    await handler(None, items, out)  # type: ignore[arg-type]
+    handler = enrollment.make_handler(EnrollmentSettings(**ENV), MemoryEnrollmentStore())  # type: ignore[arg-type]  # fields by name, validated by pydantic
+    await handler(None, items, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
     return [Incoming(decode(row[3], topics.ENROLLMENT_EVENTS),
                      RawRecord(topics.ENROLLMENT_EVENTS, 0, i, row[1], row[3]))
             for i, row in enumerate(out.rows)]
@@ -53,7 +52,7 @@ def again(item: Incoming) -> Incoming:
 async def run(store: MemorySubsidyStore, items: list[Incoming]) -> list[dict[str, Any]]:
     out = Outbox(source="/services/subsidy", dlq_topic="dlq")
     handler = make_handler(SUBSIDY, policies_from(SUBSIDY.policy_dir), store)
-    await handler(None, items, out)  # type: ignore[arg-type]
+    await handler(None, items, out)  # type: ignore[arg-type]  # the in-memory store takes no connection
     return published(out)
 
 
