@@ -3,7 +3,7 @@
 The enrollment and assessment outcomes are recomputed here from EVENTS.md and POLICY.md §5
 ("Facts and dates"), independently of the services' code, and expressed through the contract's
 payload models, so they are byte-for-byte what a correct service publishes. The subsidy outcome
-is the pure engine (services.subsidy.replay) fed exactly those events, per person in the order
+is the pure engine (services.subsidy.engine.replay) fed exactly those events, per person in the order
 the two-phase e2e stream delivers them: all enrollment events, then all assessment events.
 """
 
@@ -22,9 +22,9 @@ from shared.contract import topics
 from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.contract.identity import normalise_national_id, person_id
 from services.assessment.domain import certificate_id
-from services.subsidy.facts import fact_from_event
-from services.subsidy.policy import PolicySet
-from services.subsidy.replay import replay
+from services.subsidy.engine.facts import fact_from_event
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.replay import replay
 from tools.population import DEFAULT_AGENCIES, Population, Record
 
 DEFAULT_SECRET = "test-person-id-secret"  # tests.harness.SECRET

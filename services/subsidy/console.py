@@ -29,10 +29,10 @@ from services.subsidy import budgets as budget_rows
 from services.subsidy import holds
 from services.subsidy.api import _budgets
 from services.subsidy.config import SubsidySettings
-from services.subsidy.policy import PolicySet
+from services.subsidy.engine.policy import PolicySet
 from services.subsidy.reviews import audit, hold_views
-from services.subsidy.rules import cny
-from services.subsidy.state import HoldStatus, PersonState
+from services.subsidy.engine.rules import cny
+from services.subsidy.engine.state import HoldStatus, PersonState
 
 COOKIE = "skills_console"
 HEADERS = {

@@ -32,13 +32,13 @@ from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
 from . import budgets
-from .cases import ANNUAL_LIMIT
+from .engine.cases import ANNUAL_LIMIT
 from .config import SubsidySettings
-from .outputs import SUBSIDY, ReversalReason, digest
-from .policy import Policy, PolicyError, PolicySet
-from .replay import GrantChange, compare, replay_person, unlogged
-from .rules import cny
-from .state import BudgetLedger, Grant, PersonState
+from .engine.outputs import SUBSIDY, ReversalReason, digest
+from .engine.policy import Policy, PolicyError, PolicySet
+from .engine.replay import GrantChange, compare, replay_person, unlogged
+from .engine.rules import cny
+from .engine.state import BudgetLedger, Grant, PersonState
 from .whatif import Scope, arguments, describe, load
 
 CHUNK = 200

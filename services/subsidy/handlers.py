@@ -1,7 +1,7 @@
 """Batch handler of the subsidy service: load the batch's persons, decide with the engine, record.
 
 Per Kafka batch, in one transaction: lock and load the state of every person in the batch, apply
-each fact in order through the pure engine (services.subsidy.domain) with the fund years it
+each fact in order through the pure engine (services.subsidy.engine.domain) with the fund years it
 reads locked (services.subsidy.budgets), then write the states, the decision ledger, the fund
 years and the outgoing events with bulk statements. The
 engine is idempotent per fact and the inbox drops redeliveries, so a grant is never paid twice.
@@ -24,17 +24,17 @@ from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.subsidy import budgets, holds, metrics
 from services.subsidy.config import SubsidySettings
-from services.subsidy.domain import decide
-from services.subsidy.facts import Fact, FactError, HoldReviewed, fact_from_event
-from services.subsidy.outputs import (
+from services.subsidy.engine.domain import decide
+from services.subsidy.engine.facts import Fact, FactError, HoldReviewed, fact_from_event
+from services.subsidy.engine.outputs import (
     Output,
     SubsidyGranted,
     SubsidyHeld,
     SubsidyRejected,
     SubsidyReversed,
 )
-from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, PersonState, pending_items
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.state import BudgetLedger, PersonState, pending_items
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import orjson
 from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime.outbox import Outbox
-from services.subsidy.facts import HoldReviewed
-from services.subsidy.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.state import PersonState
+from services.subsidy.engine.facts import HoldReviewed
+from services.subsidy.engine.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
+from services.subsidy.engine.state import PersonState
 
 REVIEW_SOURCE = "/services/subsidy/reviews"
 REVIEWED = "skills.subsidy.HoldReviewed.v1"

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.subsidy.state import PendingKind
+from services.subsidy.engine.state import PendingKind
 from shared.runtime.settings import ServiceSettings
 
 GRANTS = Counter("subsidy_grants_total", "Grants published", ["agency", "rule", "fund"])

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from shared.runtime import auth
 from shared.runtime.settings import ServiceSettings
 from services.subsidy import holds
-from services.subsidy.state import PersonState
+from services.subsidy.engine.state import PersonState
 
 MAX_NOTE = 2000
 HOLD_COLUMNS = ("grant_id", "person_id", "agency", "rule", "stage", "amount_fen", "fund",

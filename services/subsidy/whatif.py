@@ -33,10 +33,10 @@ import orjson
 
 from . import budgets
 from .config import SubsidySettings
-from .policy import Policy, PolicyError, PolicySet, load_policy_dir, load_policy_file
-from .replay import ChangeKind, GrantChange, compare, replay_person, unlogged
-from .rules import cny
-from .state import BudgetLedger, PersonState
+from .engine.policy import Policy, PolicyError, PolicySet, load_policy_dir, load_policy_file
+from .engine.replay import ChangeKind, GrantChange, compare, replay_person, unlogged
+from .engine.rules import cny
+from .engine.state import BudgetLedger, PersonState
 
 CHUNK = 500
 

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.subsidy.config import SubsidySettings
-from services.subsidy.state import PendingKind
+from services.subsidy.engine.state import PendingKind
 from shared.contract import topics
 from shared.runtime import logs
 from tests.harness import ROOT, Producer, ServiceProcess, Stack, wait_for
@@ -217,7 +217,7 @@ async def test_every_metric_a_dashboard_panel_reads_is_exported(world) -> None:
 
 async def test_the_pending_items_sweep_counts_what_the_person_states_hold(world) -> None:
     from services.subsidy import metrics as business
-    from services.subsidy.state import PersonState, pending_items
+    from services.subsidy.engine.state import PersonState, pending_items
 
     service = world["subsidy"]
     pool = await asyncpg.create_pool(service.stack.db_url("subsidy"), min_size=1, max_size=1)

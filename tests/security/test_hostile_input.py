@@ -15,10 +15,10 @@ from shared.contract import topics
 from shared.contract.envelope import MAX_RECORD_BYTES, CloudEvent, DecodeError, decode, encode_raw
 from shared.contract.identity import normalise_national_id, person_id
 from services.assessment import domain as assessment
-from services.subsidy.facts import FactError, fact_from_event
-from services.subsidy.policy import PolicyError, load_policy_dir, parse_policy
-from services.subsidy.domain import decide
-from services.subsidy.state import BudgetLedger, PersonState
+from services.subsidy.engine.facts import FactError, fact_from_event
+from services.subsidy.engine.policy import PolicyError, load_policy_dir, parse_policy
+from services.subsidy.engine.domain import decide
+from services.subsidy.engine.state import BudgetLedger, PersonState
 from tests import builders as b
 from tests.harness import ROOT
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.subsidy.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.policy import PolicySet, load_policy_file
-from services.subsidy.replay import replay_person
-from services.subsidy.state import HoldStatus, PersonState
+from services.subsidy.engine.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
+from services.subsidy.engine.policy import PolicySet, load_policy_file
+from services.subsidy.engine.replay import replay_person
+from services.subsidy.engine.state import HoldStatus, PersonState
 
 from .world import POLICY_DIR, World, employer, summary
 

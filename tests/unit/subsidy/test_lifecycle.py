@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.subsidy.domain import BudgetThresholdReached, SubsidyGranted, pending_items
-from services.subsidy.policy import PolicySet, load_policy_file
-from services.subsidy.state import PendingKind
+from services.subsidy.engine.domain import BudgetThresholdReached, SubsidyGranted, pending_items
+from services.subsidy.engine.policy import PolicySet, load_policy_file
+from services.subsidy.engine.state import PendingKind
 
 from .world import POLICY_DIR, World, employer, summary
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.subsidy.policy import PolicyError, PolicySet, load_policy_dir, load_policy_file
+from services.subsidy.engine.policy import PolicyError, PolicySet, load_policy_dir, load_policy_file
 
 from .world import POLICY_DIR
 
@@ -104,7 +104,7 @@ def test_version_selection_by_date(tmp_path: Path) -> None:
 
 
 def test_the_validate_cli_accepts_defaults_and_names_the_bad_field(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "services.subsidy.policy", "validate"]
+    command = [sys.executable, "-m", "services.subsidy.engine.policy", "validate"]
     ok = subprocess.run(command + [str(p) for p in POLICY_DIR.glob("*.json")],
                         capture_output=True, text=True, cwd=POLICY_DIR.parents[2])
     assert ok.returncode == 0, ok.stderr

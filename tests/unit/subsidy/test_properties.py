@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.subsidy.domain import PersonState
-from services.subsidy.replay import replay
+from services.subsidy.engine.domain import PersonState
+from services.subsidy.engine.replay import replay
 
 from .world import DEFAULT_POLICIES, World, employer
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.subsidy.domain import SubsidyRejected
+from services.subsidy.engine.domain import SubsidyRejected
 
 from .world import World, employer, summary
 

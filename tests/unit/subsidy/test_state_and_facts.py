@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from services.subsidy.domain import BudgetLedger, FactError, PersonState, fact_from_event
-from services.subsidy.facts import EnrollmentAccepted
-from services.subsidy.outputs import SubsidyGranted
+from services.subsidy.engine.domain import BudgetLedger, FactError, PersonState, fact_from_event
+from services.subsidy.engine.facts import EnrollmentAccepted
+from services.subsidy.engine.outputs import SubsidyGranted
 
 from .world import ENR, World, employer
 

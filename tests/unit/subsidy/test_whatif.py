@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.subsidy.corrections import GRANTED, REVERSED, correct_person
-from services.subsidy.domain import BudgetLedger, PersonState
-from services.subsidy.policy import Policy, load_policy_file
-from services.subsidy.replay import compare, replay, replay_person, unlogged
+from services.subsidy.engine.domain import BudgetLedger, PersonState
+from services.subsidy.engine.policy import Policy, load_policy_file
+from services.subsidy.engine.replay import compare, replay, replay_person, unlogged
 from services.subsidy.whatif import Scope, WhatIf
 
 from .test_properties import _script, courses

@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from services.subsidy.domain import (
+from services.subsidy.engine.domain import (
     BudgetLedger,
     BudgetThresholdReached,
     Fact,
@@ -19,7 +19,7 @@ from services.subsidy.domain import (
     decide,
     fact_from_event,
 )
-from services.subsidy.policy import PolicySet, load_policy_dir
+from services.subsidy.engine.policy import PolicySet, load_policy_dir
 
 POLICY_DIR = Path(__file__).parents[3] / "services" / "subsidy" / "policies"
 DEFAULT_POLICIES = load_policy_dir(POLICY_DIR)

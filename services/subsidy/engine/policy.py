@@ -1,6 +1,6 @@
 """Agency policies as data: load JSON policy files, refuse bad ones, pick the version in force.
 
-Usage: ``python -m services.subsidy.policy validate FILE...`` exits non-zero on the first bad
+Usage: ``python -m services.subsidy.engine.policy validate FILE...`` exits non-zero on the first bad
 file, naming the file, the rule and the field.
 """
 
@@ -496,7 +496,7 @@ def _check_kind_fields(r: _Reader, rule: Rule) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] != "validate":
-        print("usage: python -m services.subsidy.policy validate FILE...", file=sys.stderr)
+        print("usage: python -m services.subsidy.engine.policy validate FILE...", file=sys.stderr)
         return 2
     try:
         policies = [load_policy_file(p) for p in argv[1:]]
