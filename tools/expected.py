@@ -22,7 +22,8 @@ from shared.contract import topics
 from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.contract.identity import normalise_national_id, person_id
 from services.assessment.domain import certificate_id
-from services.subsidy.engine.facts import fact_from_event
+from services.subsidy.contract import data as subsidy_data
+from services.subsidy.contract import fact_from_model
 from services.subsidy.engine.policy import PolicySet
 from services.subsidy.engine.replay import replay
 from tools.population import DEFAULT_AGENCIES, Population, Record
@@ -293,9 +294,11 @@ def expected_subsidy_outputs(policies: PolicySet, enrollment: Expected, assessme
     lanes: dict[str, list[Out]] = {}
     for o in enrollment.events + assessment.events:
         lanes.setdefault(o.key, []).append(o)
+    models = {**ev.TOPIC_TYPES[topics.ENROLLMENT_EVENTS], **ev.TOPIC_TYPES[topics.ASSESSMENT_EVENTS]}
     facts = [fact for pid in sorted(lanes) for o in lanes[pid]
-             if (fact := fact_from_event(o.type, o.data, o.agency, o.time)) is not None]
-    return [Out(o.event_type, o.event_id, o.key, o.agency, "", o.to_payload())
+             if (fact := fact_from_model(models[o.type].model_validate(o.data), o.agency,
+                                         dt.datetime.fromisoformat(o.time))) is not None]
+    return [Out(o.event_type, o.event_id, o.key, o.agency, "", subsidy_data(o))
             for o in replay(policies, facts).outputs]
 
 

@@ -31,7 +31,7 @@ import orjson
 from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
-from . import budgets
+from . import budgets, contract, state_codec
 from .engine.cases import ANNUAL_LIMIT
 from .config import SubsidySettings
 from .engine.outputs import SUBSIDY, ReversalReason, digest
@@ -122,7 +122,7 @@ def _increase(version: Policy, scope: Scope, change: GrantChange) -> Correction:
     replayed = change.replayed
     assert replayed is not None
     event = replayed.event
-    payload = event.to_payload()
+    payload = contract.data(event)
     correction = {"corrects_grant_id": None, "correction": correction_of(version, scope, change)}
     if change.recorded is None:
         # Never published: the grant goes out as the engine would have made it.
@@ -311,7 +311,7 @@ async def _chunk(conn: asyncpg.Connection, persons: list[str], scenario: PolicyS
     changed: dict[str, PersonState] = {}
     planned: list[Correction] = []
     for row in rows:
-        state = PersonState.from_json_text(row["state"])
+        state = state_codec.loads(row["state"])
         if not scope.concerns(state):
             continue
         if unlogged(state):
@@ -369,16 +369,16 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
             policy = scenario.for_date(event.agency, grant.basis_date)
             budget = policy.budget_fen(event.fund, year) if policy is not None else None
             for notice in ledger.commit(event.agency, event.fund, year, c.signed_fen, budget):
-                out.publish_json(topics.SUBSIDY_EVENTS, notice.event_type, notice.to_payload(),
-                                 id=notice.event_id, subject=notice.key, agencyid=notice.agency,
-                                 time=on)
+                out.publish(topics.SUBSIDY_EVENTS, contract.payload(notice),
+                            id=notice.event_id, subject=notice.key, agencyid=notice.agency,
+                            time=on)
         else:
             ledger.release(event.agency, event.fund, year, -c.signed_fen)
     await conn.execute(
         "UPDATE person_state SET state = s.state, updated_at = now() "
         "FROM unnest($1::text[], $2::text[]) AS s(person_id, state) "
         "WHERE person_state.person_id = s.person_id",
-        list(changed), [s.to_json_text() for s in changed.values()])
+        list(changed), [state_codec.dumps(s) for s in changed.values()])
     await conn.copy_records_to_table("decision", records=rows, columns=(
         "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason",
         "amount_fen", "fund", "payee_kind", "grant_id", "decided_on", "payload"))

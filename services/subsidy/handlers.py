@@ -17,15 +17,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
-from services.subsidy import budgets, holds, metrics
+from services.subsidy import budgets, contract, holds, metrics, state_codec
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.domain import decide
-from services.subsidy.engine.facts import Fact, FactError, HoldReviewed, fact_from_event
+from services.subsidy.contract import FactError
+from services.subsidy.engine.facts import Fact, HoldReviewed
 from services.subsidy.engine.outputs import (
     Output,
     SubsidyGranted,
@@ -47,8 +47,8 @@ DECISION_COLUMNS = (
 def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]],
                  data: dict[str, Any] | None = None) -> tuple | None:
     """The ledger row of one output (None for budget notices, which are not decisions);
-    ``data`` is ``output.to_payload()`` when the caller already has it."""
-    payload = orjson.dumps(output.to_payload() if data is None else data).decode()
+    ``data`` is the published payload's JSON object when the caller already has it."""
+    payload = orjson.dumps(contract.data(output) if data is None else data).decode()
     if isinstance(output, SubsidyGranted):
         funds[output.grant_id] = (output.fund, output.payee_kind)
         return (output.event_id, "granted", output.person_id, output.agency, output.rule,
@@ -118,14 +118,13 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
                                 event.key)
                 continue
             try:
-                facts.append((item, fact_from_event(event.type, ev.dump(event.data),
-                                                    event.agencyid, event.time.isoformat())))
+                facts.append((item, contract.fact_of(event)))
             except FactError as exc:
                 out.dead_letter(item.record, "schema_violation", str(exc))
 
         def run(ledger: BudgetLedger) -> tuple[dict[str, PersonState], list[tuple[Incoming, Output]]]:
             """The batch's decisions: pure, so they can be taken again against locked budgets."""
-            states = {p: PersonState.from_json_text(text) for p, text in stored.items()}
+            states = {p: state_codec.loads(text) for p, text in stored.items()}
             touched: dict[str, PersonState] = {}
             decided: list[tuple[Incoming, Output]] = []
             for item, fact in facts:
@@ -150,9 +149,8 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
             hold_outputs.append(output)
             if isinstance(fact, HoldReviewed) and isinstance(output, SubsidyGranted):
                 released.append(output.grant_id)
-            data = output.to_payload()
-            out.publish_json(
-                topics.SUBSIDY_EVENTS, output.event_type, data,
+            data = out.publish(
+                topics.SUBSIDY_EVENTS, contract.payload(output),
                 id=output.event_id, subject=output.key, agencyid=output.agency,
                 time=event.time, traceparent=event.traceparent,
             )
@@ -168,7 +166,7 @@ def make_handler(settings: SubsidySettings, policies: PolicySet) -> Handler:
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
                 "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
                 " has_pending = excluded.has_pending, updated_at = now()",
-                list(touched), [s.to_json_text() for s in touched.values()],
+                list(touched), [state_codec.dumps(s) for s in touched.values()],
                 [bool(pending_items(s)) for s in touched.values()],
             )
         if rows:

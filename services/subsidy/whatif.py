@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import budgets
+from . import budgets, state_codec
 from .config import SubsidySettings
 from .engine.policy import Policy, PolicyError, PolicySet, load_policy_dir, load_policy_file
 from .engine.replay import ChangeKind, GrantChange, compare, replay_person, unlogged
@@ -239,7 +239,7 @@ async def states_of(conn: asyncpg.Connection, agency: str,
         "SELECT state FROM person_state WHERE strpos(state, $1) > 0 ORDER BY person_id",
         needle, prefetch=chunk,
     ):
-        yield PersonState.from_json_text(row["state"])
+        yield state_codec.loads(row["state"])
 
 
 async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:

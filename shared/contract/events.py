@@ -36,6 +36,16 @@ class Payload(BaseModel):
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Month = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 Fen = Annotated[int, Field(ge=0, strict=True)]
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+# An additive output field that is left out of the published JSON when it has no value (the
+# JSON a consumer of the first version saw stays byte for byte the same).
+def additive() -> Any:
+    return Field(default=None, exclude_if=_absent)
 PersonId = Annotated[str, StringConstraints(pattern=r"^p_[0-9a-f]{32}$")]
 
 
@@ -289,8 +299,8 @@ class SubsidyGranted(Payload):
     rule: str
     basis: Basis
     explanation: str
-    corrects_grant_id: str | None = None  # additive: the grant a correction top-up completes
-    correction: PolicyCorrection | None = None  # additive
+    corrects_grant_id: str | None = additive()  # the grant a correction top-up completes
+    correction: PolicyCorrection | None = additive()
 
 
 class SubsidyRejected(Payload):
@@ -302,7 +312,7 @@ class SubsidyRejected(Payload):
     reason: RejectionReason
     explanation: str
     policy: PolicyRef | None = None  # additive
-    grant_id: str | None = None  # additive: the held grant an integrity_denied / hold_voided ends
+    grant_id: str | None = additive()  # the held grant an integrity_denied / hold_voided ends
 
 
 class SubsidyReversed(Payload):
@@ -313,7 +323,7 @@ class SubsidyReversed(Payload):
     reason: ReversalReason
     explanation: str
     rule: str | None = None  # additive: the rule of the reversed grant
-    correction: PolicyCorrection | None = None  # additive
+    correction: PolicyCorrection | None = additive()
 
 
 class Hold(Payload):
@@ -336,6 +346,7 @@ class BudgetThresholdReached(Payload):
     budget_fen: Fen
     committed_fen: Fen
     threshold: float  # a ratio (0.8, 0.9, 1.0), not money
+    threshold_bp: int | None = additive()  # the same ratio, exact, in basis points (8000, ...)
 
 
 # ---- the subsidy service's command topic: skills.subsidy.reviews ---------------------------

@@ -69,11 +69,15 @@ class Outbox:
         agencyid: str,
         time: dt.datetime | str,
         traceparent: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Publish a contract payload model; returns its JSON object (for a caller that also
+        records it, such as the subsidy service's decision ledger)."""
+        data = payload.model_dump(mode="json")
         self.publish_json(
-            topic, TYPE_OF[type(payload)], payload.model_dump(mode="json"), id=id,
+            topic, TYPE_OF[type(payload)], data, id=id,
             subject=subject, agencyid=agencyid, time=time, traceparent=traceparent,
         )
+        return data
 
     def publish_json(
         self,
@@ -87,7 +91,7 @@ class Outbox:
         time: dt.datetime | str,
         traceparent: str | None = None,
     ) -> None:
-        """Publish a payload already in its JSON form (the subsidy engine's outputs)."""
+        """Publish a payload already in its JSON form (policy corrections' events)."""
         value = envelope.encode_raw(
             event_type, data, id=id, source=self.source, subject=subject, agencyid=agencyid,
             time=time, traceparent=traceparent,

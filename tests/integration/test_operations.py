@@ -19,6 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.subsidy import state_codec
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.state import PendingKind
 from shared.contract import topics
@@ -228,7 +229,7 @@ async def test_the_pending_items_sweep_counts_what_the_person_states_hold(world)
         await pool.close()
     expected: collections.Counter[str] = collections.Counter(
         item.kind.value for r in rows
-        for item in pending_items(PersonState.from_json(orjson.loads(r["state"]))))
+        for item in pending_items(state_codec.loads(r["state"])))
     assert sum(expected.values()) > 0
     for kind in PendingKind:
         assert business.PENDING_ITEMS.labels(kind.value)._value.get() == expected[kind.value], kind

@@ -30,11 +30,9 @@ from .facts import (
     EnrollmentFlagged,
     EnrollmentWithdrawn,
     Fact,
-    FactError,
     HoldReviewed,
     TrainingCompleted,
     WorkMonthAccepted,
-    fact_from_event,
 )
 from .outputs import (
     Basis,
@@ -72,9 +70,9 @@ from .state import (
 )
 
 __all__ = [
-    "BudgetLedger", "BudgetThresholdReached", "Fact", "FactError", "Output", "PendingItem",
+    "BudgetLedger", "BudgetThresholdReached", "Fact", "Output", "PendingItem",
     "PersonState", "SubsidyGranted", "SubsidyHeld", "SubsidyRejected", "SubsidyReversed", "decide",
-    "fact_from_event", "grants", "live_grants", "pending_items", "rejections", "reversals",
+    "grants", "live_grants", "pending_items", "rejections", "reversals",
 ]
 
 PENSION_ELIGIBLE = "pension_eligible"

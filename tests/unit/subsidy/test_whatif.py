@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.subsidy import state_codec
 from services.subsidy.corrections import GRANTED, REVERSED, correct_person
 from services.subsidy.engine.domain import BudgetLedger, PersonState
 from services.subsidy.engine.policy import Policy, load_policy_file
@@ -59,9 +60,9 @@ def test_every_recorded_person_replays_from_its_fact_log_to_the_same_state(
         population: list[Any]) -> None:
     recorded = replay(DEFAULT_POLICIES, _script(population))
     for state in recorded.states.values():
-        stored = PersonState.from_json(json.loads(json.dumps(state.to_json())))
+        stored = state_codec.from_builtins(json.loads(json.dumps(state_codec.to_builtins(state))))
         again = replay_person(DEFAULT_POLICIES, stored, copy.deepcopy(recorded.budgets))
-        assert again.to_json() == state.to_json()
+        assert state_codec.to_builtins(again) == state_codec.to_builtins(state)
 
 
 def test_a_draft_raising_the_living_allowance_reports_exactly_the_affected_grants() -> None:
@@ -117,7 +118,7 @@ def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_not
     w = _population()
     draft = load_policy_file(DRAFT)
     scenario = DEFAULT_POLICIES.with_version(draft, YEAR_2026.start, YEAR_2026.end)
-    state = PersonState.from_json(w.state("p_1").to_json())
+    state = state_codec.from_builtins(state_codec.to_builtins(w.state("p_1")))
     (grant,) = state.grant_log
     first = correct_person(state, replay_person(scenario, state, BudgetLedger()), draft, YEAR_2026)
     (topup,) = first.corrections
@@ -135,7 +136,7 @@ def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_not
 def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path: Path) -> None:
     lower = _draft(tmp_path, lambda raw: _rule(raw, "SQ-LIVING").update(amount=2000))
     scenario = DEFAULT_POLICIES.with_version(lower, YEAR_2026.start, YEAR_2026.end)
-    state = PersonState.from_json(_population().state("p_1").to_json())
+    state = state_codec.from_builtins(state_codec.to_builtins(_population().state("p_1")))
     (grant,) = state.grant_log
     (reversal,) = correct_person(state, replay_person(scenario, state, BudgetLedger()), lower,
                                  YEAR_2026).corrections
@@ -149,7 +150,7 @@ def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path
 
 def test_a_state_decided_partly_before_the_fact_log_is_counted_not_replayed() -> None:
     w = _population()
-    legacy = PersonState.from_json(w.state("p_1").to_json())
+    legacy = state_codec.from_builtins(state_codec.to_builtins(w.state("p_1")))
     legacy.fact_log = legacy.fact_log[1:]
     run = WhatIf(DEFAULT_POLICIES, load_policy_file(DRAFT), YEAR_2026)
     assert run.person(legacy) == []
@@ -183,6 +184,6 @@ def test_a_fact_log_missing_any_kind_of_fact_is_refused_by_what_if(code: str) ->
     kinds = [entry[0] for entry in state.fact_log]
     assert code in kinds
     for drop in (kinds.index(code), len(kinds) - 1 - kinds[::-1].index(code)):
-        gap = PersonState.from_json(state.to_json())
+        gap = state_codec.from_builtins(state_codec.to_builtins(state))
         del gap.fact_log[drop]
         assert unlogged(gap), f"a log without {state.fact_log[drop]} has a gap"
