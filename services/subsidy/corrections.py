@@ -32,7 +32,7 @@ from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
 from . import budgets, contract, state_codec
-from .engine.cases import ANNUAL_LIMIT
+from .engine.cases import ANNUAL_LIMIT, annual_limit_reached, slot_held
 from .config import SubsidySettings
 from .engine.outputs import SUBSIDY, ReversalReason, digest
 from .engine.policy import Policy, PolicyError, PolicySet
@@ -185,9 +185,9 @@ def _slot_conflict(state: PersonState, change: GrantChange) -> str | None:
     if grant.counted_year is None or (change.recorded is not None and change.recorded.live):
         return None
     live = [g for g in state.live_grants() if g.grant_id != grant.grant_id]
-    if grant.slot is not None and any(g.slot == grant.slot for g in live):
+    if grant.slot is not None and slot_held(live, grant.slot):
         return f"occupation slot {grant.slot} is held by a grant decided first"
-    if sum(g.counted_year == grant.counted_year for g in live) >= ANNUAL_LIMIT:
+    if annual_limit_reached(live, grant.counted_year):
         return f"{ANNUAL_LIMIT} counted grants in {grant.counted_year} were decided first"
     return None
 

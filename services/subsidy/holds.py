@@ -25,7 +25,6 @@ from shared.runtime.outbox import Outbox
 from services.subsidy import contract, state_codec
 from services.subsidy.engine.facts import HoldReviewed
 from services.subsidy.engine.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.engine.state import PersonState
 
 REVIEW_SOURCE = "/services/subsidy/reviews"
 REVIEWED = "skills.subsidy.HoldReviewed.v1"

@@ -11,7 +11,7 @@ from services.subsidy import contract, state_codec
 from services.subsidy.engine.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
 from services.subsidy.engine.policy import PolicySet, load_policy_file
 from services.subsidy.engine.replay import replay_person
-from services.subsidy.engine.state import HoldStatus, PersonState
+from services.subsidy.engine.state import HoldStatus
 
 from .world import POLICY_DIR, World, employer, summary
 

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.subsidy import contract, state_codec
-from services.subsidy.engine.domain import PersonState
 from services.subsidy.engine.replay import replay
 
 from .world import DEFAULT_POLICIES, World, employer

@@ -11,11 +11,11 @@ import pytest
 from shared.contract import events as ev
 from services.subsidy import contract, state_codec
 from services.subsidy.contract import FactError, fact_from_model
-from services.subsidy.engine.domain import BudgetLedger, PersonState
+from services.subsidy.engine.domain import BudgetLedger
 from services.subsidy.engine.facts import EnrollmentAccepted
 from services.subsidy.engine.outputs import SubsidyGranted
 
-from .world import ENR, World, employer
+from .world import World, employer
 
 
 def test_enrollment_accepted_fills_missing_optionals_with_zero_and_false() -> None:
