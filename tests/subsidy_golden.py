@@ -27,7 +27,7 @@ from shared.runtime.outbox import Outbox, RawRecord
 from services.subsidy import holds
 from services.subsidy.config import SubsidySettings
 from services.subsidy.handlers import make_handler
-from services.subsidy.engine.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tools.expected import expected_assessment_events, expected_enrollment_events
 from tools.population import simulate
 

@@ -25,7 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from shared.contract import topics
 from shared.contract.envelope import headers
-from services.subsidy.engine.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.harness import ROOT, SECRET, Collector, Producer, ServiceProcess, Stack, wait_for
 from tools import moneycheck
 from tools.expected import Out, Outcome, expected_outcome, persons_in_several_lanes

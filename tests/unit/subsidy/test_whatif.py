@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from services.subsidy import state_codec
 from services.subsidy.corrections import GRANTED, REVERSED, correct_person
 from services.subsidy.engine.domain import BudgetLedger, PersonState
-from services.subsidy.engine.policy import Policy, load_policy_file
+from services.subsidy.engine.policy import Policy
+from services.subsidy.policy_files import load_policy_file
 from services.subsidy.engine.replay import compare, replay, replay_person, unlogged
 from services.subsidy.whatif import Scope, WhatIf
 

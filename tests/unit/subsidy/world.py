@@ -22,7 +22,8 @@ from services.subsidy.engine.domain import (
 )
 from services.subsidy.contract import fact_from_model
 from shared.contract.events import TOPIC_TYPES
-from services.subsidy.engine.policy import PolicySet, load_policy_dir
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.policy_files import load_policy_dir
 
 POLICY_DIR = Path(__file__).parents[3] / "services" / "subsidy" / "policies"
 DEFAULT_POLICIES = load_policy_dir(POLICY_DIR)
