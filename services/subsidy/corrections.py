@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
@@ -44,6 +45,7 @@ from .whatif import Scope, arguments, describe, load
 CHUNK = 200
 GRANTED = SUBSIDY + "SubsidyGranted.v1"
 REVERSED = SUBSIDY + "SubsidyReversed.v1"
+PUBLISHED: dict[str, type[ev.Payload]] = {GRANTED: ev.SubsidyGranted, REVERSED: ev.SubsidyReversed}
 # A correction that lowers an entitlement takes the difference back as `policy_correction`
 # (EVENTS.md §5.3, POLICY.md §6).
 CORRECTION_REASON = ReversalReason.POLICY_CORRECTION
@@ -356,15 +358,16 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         grant = c.change.grant
         event = grant.event
         year = grant.basis_date.year
-        out.publish_json(topics.SUBSIDY_EVENTS, c.event_type, c.payload, id=c.event_id,
-                         subject=c.change.person_id, agencyid=event.agency, time=on)
+        data = out.publish(topics.SUBSIDY_EVENTS, PUBLISHED[c.event_type].model_validate(c.payload),
+                           id=c.event_id, subject=c.change.person_id, agencyid=event.agency,
+                           time=on)
         rows.append((c.event_id, "granted" if c.event_type == GRANTED else "reversed",
                      c.change.person_id, event.agency, event.rule,
                      event.stage.value if c.event_type == GRANTED else None,
                      None if c.event_type == GRANTED else CORRECTION_REASON.value, c.signed_fen,
                      event.fund, event.payee_kind,
                      c.event_id if c.event_type == GRANTED else event.grant_id, on.date(),
-                     orjson.dumps(c.payload).decode()))
+                     orjson.dumps(data).decode()))
         if c.signed_fen > 0:
             policy = scenario.for_date(event.agency, grant.basis_date)
             budget = policy.budget_fen(event.fund, year) if policy is not None else None

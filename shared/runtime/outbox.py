@@ -70,33 +70,17 @@ class Outbox:
         time: dt.datetime | str,
         traceparent: str | None = None,
     ) -> dict[str, Any]:
-        """Publish a contract payload model; returns its JSON object (for a caller that also
-        records it, such as the subsidy service's decision ledger)."""
+        """Publish a contract payload model (every service's events go out this way); returns
+        its JSON object (for a caller that also records it, such as the subsidy service's
+        decision ledger)."""
+        event_type = TYPE_OF[type(payload)]
         data = payload.model_dump(mode="json")
-        self.publish_json(
-            topic, TYPE_OF[type(payload)], data, id=id,
-            subject=subject, agencyid=agencyid, time=time, traceparent=traceparent,
-        )
-        return data
-
-    def publish_json(
-        self,
-        topic: str,
-        event_type: str,
-        data: dict[str, Any],
-        *,
-        id: str,
-        subject: str,
-        agencyid: str,
-        time: dt.datetime | str,
-        traceparent: str | None = None,
-    ) -> None:
-        """Publish a payload already in its JSON form (policy corrections' events)."""
         value = envelope.encode_raw(
             event_type, data, id=id, source=self.source, subject=subject, agencyid=agencyid,
             time=time, traceparent=traceparent,
         )
         self._append(topic, subject, event_type, value)
+        return data
 
     def _append(self, topic: str, key: str, event_type: str, value: bytes) -> None:
         headers = [[k, v.decode()] for k, v in envelope.headers()]

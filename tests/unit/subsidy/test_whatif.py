@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.subsidy import state_codec
-from services.subsidy.corrections import GRANTED, REVERSED, correct_person
+from services.subsidy import contract, state_codec
+from services.subsidy.corrections import GRANTED, PUBLISHED, REVERSED, Correction, correct_person
 from services.subsidy.engine.domain import BudgetLedger, PersonState
 from services.subsidy.engine.policy import Policy
 from services.subsidy.policy_files import load_policy_file
@@ -22,7 +22,7 @@ from services.subsidy.engine.replay import compare, replay, replay_person, unlog
 from services.subsidy.whatif import Scope, WhatIf
 
 from .test_properties import _script, courses
-from .world import DEFAULT_POLICIES, POLICY_DIR, World, employer
+from .world import DEFAULT_POLICIES, POLICY_DIR, STAND_IN, World, employer
 
 DRAFT = POLICY_DIR / "drafts" / "suqian-living-40.json"
 YEAR_2026 = Scope("suqian", date(2026, 1, 1), date(2026, 12, 31))
@@ -115,6 +115,24 @@ def test_a_draft_changes_nothing_outside_its_period_or_agency() -> None:
     assert run.report()["by_rule"] == []
 
 
+def _published_as_is(correction: Correction) -> None:
+    """A correction is published as its contract model (Outbox.publish): the model's JSON is
+    the correction's payload, field for field and in order (a given null kept)."""
+    payload = {**correction.payload, "person_id": STAND_IN}  # the contract's form of p_1
+    model = PUBLISHED[correction.event_type].model_validate(payload)
+    assert list(model.model_dump(mode="json").items()) == list(payload.items())
+
+
+def test_a_never_made_grant_is_published_with_a_null_corrects_grant_id() -> None:
+    payload = {**contract.data(_population().state("p_1").grant_log[0].event),
+               "person_id": STAND_IN, "corrects_grant_id": None,
+               "correction": {"policy": {"agency": "suqian", "version": "v", "hash": "h"},
+                              "period": {"from": "2026-01-01", "to": "2026-12-31"},
+                              "paid_fen": 0, "entitled_fen": 30000}}
+    dumped = PUBLISHED[GRANTED].model_validate(payload).model_dump(mode="json")
+    assert list(dumped.items()) == list(payload.items()) and dumped["corrects_grant_id"] is None
+
+
 def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_nothing() -> None:
     w = _population()
     draft = load_policy_file(DRAFT)
@@ -129,6 +147,7 @@ def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_not
     assert topup.payload["grant_id"] != grant.grant_id
     assert topup.payload["correction"]["paid_fen"] == 30000
     assert topup.payload["correction"]["entitled_fen"] == 40000
+    _published_as_is(topup)
     assert state.grant(grant.grant_id).event.amount_fen == 40000
     again = correct_person(state, replay_person(scenario, state, BudgetLedger()), draft, YEAR_2026)
     assert again.corrections == [] and again.held == []
@@ -144,6 +163,7 @@ def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path
     assert reversal.event_type == REVERSED
     assert (reversal.payload["grant_id"], reversal.payload["amount_fen"],
             reversal.payload["reason"]) == (grant.grant_id, 10000, "policy_correction")
+    _published_as_is(reversal)
     kept = state.grant(grant.grant_id)
     assert kept.live and kept.event.amount_fen == 20000
     assert compare(state, replay_person(scenario, state, BudgetLedger())) == []
