@@ -18,8 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_published_bytes_equal_the_recorded_ones(stack: Stack) -> None:
-    ServiceProcess("subsidy", stack).migrate()
-    conn = await asyncpg.connect(stack.db_url("subsidy"))
+    # A database of its own (dropped with the stack's): its thousand persons must not meet the
+    # other modules' subsidy service.
+    url = stack.db_url("subsidy_golden")
+    ServiceProcess("subsidy", stack, env={"SUBSIDY_DATABASE_URL": url}).migrate()
+    conn = await asyncpg.connect(url)
     try:
         published, _ = await subsidy_golden.stream(conn)
     finally:
