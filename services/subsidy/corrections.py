@@ -30,6 +30,7 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
+from shared.contract.vocabulary import RejectionReason
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
 from . import budgets, contract, state_codec
@@ -51,8 +52,9 @@ PUBLISHED: dict[str, type[ev.Payload]] = {GRANTED: ev.SubsidyGranted, REVERSED: 
 CORRECTION_REASON = ReversalReason.POLICY_CORRECTION
 # Rejections that come from competing with another decision, not from the rules' amounts or
 # groups: a correction never takes back a grant for these (decisions already taken stand).
-COMPETITION = frozenset({"annual_limit", "duplicate_occupation_level", "duplicate_project",
-                         "not_stackable", "budget_exhausted"})
+COMPETITION = frozenset({RejectionReason.ANNUAL_LIMIT, RejectionReason.DUPLICATE_OCCUPATION_LEVEL,
+                         RejectionReason.DUPLICATE_PROJECT, RejectionReason.NOT_STACKABLE,
+                         RejectionReason.BUDGET_EXHAUSTED})
 
 
 @dataclass(frozen=True)

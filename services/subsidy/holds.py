@@ -21,6 +21,7 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
+from shared.contract.vocabulary import RejectionReason
 from shared.runtime.outbox import Outbox
 from services.subsidy import contract, state_codec
 from services.subsidy.engine.facts import HoldReviewed
@@ -67,7 +68,7 @@ async def record(conn: asyncpg.Connection, outputs: list[Output], released: list
         if isinstance(o, SubsidyGranted) and o.grant_id in released:
             ends.append((o.grant_id, "released", o.event_id))
         elif isinstance(o, SubsidyRejected) and o.grant_id is not None:
-            status = "denied" if o.reason.value == "integrity_denied" else "voided"
+            status = "denied" if o.reason is RejectionReason.INTEGRITY_DENIED else "voided"
             ends.append((o.grant_id, status, o.event_id))
     if ends:
         await conn.execute(

@@ -218,7 +218,7 @@ async def test_every_metric_a_dashboard_panel_reads_is_exported(world) -> None:
 
 async def test_the_pending_items_sweep_counts_what_the_person_states_hold(world) -> None:
     from services.subsidy import metrics as business
-    from services.subsidy.engine.state import PersonState, pending_items
+    from services.subsidy.engine.state import pending_items
 
     service = world["subsidy"]
     pool = await asyncpg.create_pool(service.stack.db_url("subsidy"), min_size=1, max_size=1)
