@@ -47,7 +47,7 @@ from aiokafka.structs import TopicPartition
 
 from shared.contract import topics
 from shared.contract.envelope import headers
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.harness import KAFKA, ROOT, SECRET, ServiceProcess, Stack, consumer_caught_up, wait_for
 from tools.expected import Out, expected_outcome, national_ids_by_lane, persons_in_several_lanes
 from tools.population import Population, Record

@@ -3,7 +3,7 @@
 The enrollment and assessment outcomes are recomputed here from EVENTS.md and POLICY.md §5
 ("Facts and dates"), independently of the services' code, and expressed through the contract's
 payload models, so they are byte-for-byte what a correct service publishes. The subsidy outcome
-is the pure engine (services.subsidy.replay) fed exactly those events, per person in the order
+is the pure engine (services.subsidy.engine.replay) fed exactly those events, per person in the order
 the two-phase e2e stream delivers them: all enrollment events, then all assessment events.
 """
 
@@ -23,9 +23,10 @@ from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.contract.identity import normalise_national_id, person_id
 from shared.contract.vocabulary import LEVELLED_KINDS
 from services.assessment.domain import certificate_id
-from services.subsidy.facts import fact_from_event
-from services.subsidy.policy import PolicySet
-from services.subsidy.replay import replay
+from services.subsidy.contract import data as subsidy_data
+from services.subsidy.contract import fact_from_model
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.replay import replay
 from tools.population import DEFAULT_AGENCIES, Population, Record
 
 DEFAULT_SECRET = "test-person-id-secret"  # tests.harness.SECRET
@@ -295,9 +296,11 @@ def expected_subsidy_outputs(policies: PolicySet, enrollment: Expected, assessme
     lanes: dict[str, list[Out]] = {}
     for o in enrollment.events + assessment.events:
         lanes.setdefault(o.key, []).append(o)
+    models = {**ev.TOPIC_TYPES[topics.ENROLLMENT_EVENTS], **ev.TOPIC_TYPES[topics.ASSESSMENT_EVENTS]}
     facts = [fact for pid in sorted(lanes) for o in lanes[pid]
-             if (fact := fact_from_event(o.type, o.data, o.agency, o.time)) is not None]
-    return [Out(o.event_type, o.event_id, o.key, o.agency, "", o.to_payload())
+             if (fact := fact_from_model(models[o.type].model_validate(o.data), o.agency,
+                                         dt.datetime.fromisoformat(o.time))) is not None]
+    return [Out(o.event_type, o.event_id, o.key, o.agency, "", subsidy_data(o))
             for o in replay(policies, facts).outputs]
 
 

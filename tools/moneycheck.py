@@ -3,7 +3,7 @@
 tools/expected.py derives the expected subsidy events with the engine itself, so comparing the
 services with it proves the pipeline, not the amounts. This module re-derives what POLICY.md
 §3 and §5 say about money from the policy JSON files (read here with `json`, not through
-services.subsidy.policy) and the published enrollment, assessment and subsidy events:
+services.subsidy.policy_files) and the published enrollment, assessment and subsidy events:
 
 - per person and calendar year (of the basis date, across agencies) at most 3 live counted
   grants (rules with `counts_toward_annual_limit`, stage `full` or `advance`), at every point of

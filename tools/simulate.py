@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for code, n in sorted(pop.malformed.items()):
         print(f"  intended dead letter {code:40} {n}")
     if args.expected:
-        from services.subsidy.policy import load_policy_dir
+        from services.subsidy.policy_files import load_policy_dir
         outcome = expected_outcome(pop, load_policy_dir(Path("services/subsidy/policies")))
         for name, expected in (("enrollment", outcome.enrollment), ("assessment", outcome.assessment)):
             print(f"{name}: {len(expected.events)} events, dead letters {dict(expected.dead_letters)}")

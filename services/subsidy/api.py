@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
-from services.subsidy import budgets
-from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
+from services.subsidy import budgets, contract, state_codec
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
 
 LEDGER_COLUMNS = (
     "decided_on", "event_type", "event_id", "person_id", "rule", "stage", "reason",
@@ -59,7 +59,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         who = auth.principal(request)
         pid = request.path_params["person_id"]
         raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
-        state = PersonState.from_json_text(raw) if raw is not None else None
+        state = state_codec.loads(raw) if raw is not None else None
         if state is None or not _has_record_in(state, who):
             # Unknown, or nothing of this agency: the same answer (no oracle across agencies).
             return _error(404, "not_found", f"no subsidy decisions for {pid[:60]}")
@@ -68,15 +68,15 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         return JSONResponse({
             "person_id": pid,
             # A held grant (POLICY §6) is live (it counts) but unpaid until released: "hold".
-            "grants": [{**g.event.to_payload(), "live": g.grant_id in live,
+            "grants": [{**contract.data(g.event), "live": g.grant_id in live,
                         **({"hold": {**dataclasses.asdict(g.hold), "status": g.hold.status.value,
                                      "held_on": g.hold.held_on.isoformat()}} if g.hold else {})}
                        for g in state.grant_log if who.sees(g.event.agency)],
             "flags": {ref: [{"check": f.check, "flagged_on": f.flagged_on.isoformat(),
                              "detail": f.detail} for f in found]
                       for ref, found in state.flags.items() if who.sees(agency_of.get(ref))},
-            "rejections": [r.to_payload() for r in rejections(state) if who.sees(r.agency)],
-            "reversals": [r.to_payload() for r in reversals(state) if who.sees(r.agency)],
+            "rejections": [contract.data(r) for r in rejections(state) if who.sees(r.agency)],
+            "reversals": [contract.data(r) for r in reversals(state) if who.sees(r.agency)],
             # A pending item is an agency's when it waits on one of that agency's enrollments;
             # unlinked certificates and early revocations have no agency yet: auditors only.
             "pending": [

@@ -16,7 +16,8 @@ from shared.runtime.consumer import Handler
 from shared.runtime.service import ServiceDefinition
 from services.subsidy import api, console, handlers, metrics, reviews
 from services.subsidy.config import SubsidySettings
-from services.subsidy.policy import Policy, PolicySet, load_policy_dir
+from services.subsidy.engine.policy import Policy, PolicySet
+from services.subsidy.policy_files import load_policy_dir
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, FundYear
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.state import BudgetLedger, FundYear
 
 T = TypeVar("T")
 

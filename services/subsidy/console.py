@@ -25,14 +25,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
+from services.subsidy import holds, state_codec
 from services.subsidy import budgets as budget_rows
-from services.subsidy import holds
 from services.subsidy.api import _budgets
 from services.subsidy.config import SubsidySettings
-from services.subsidy.policy import PolicySet
+from services.subsidy.engine.policy import PolicySet
 from services.subsidy.reviews import audit, hold_views
-from services.subsidy.rules import cny
-from services.subsidy.state import HoldStatus, PersonState
+from services.subsidy.engine.rules import cny
+from services.subsidy.engine.state import HoldStatus, PersonState
 
 COOKIE = "skills_console"
 HEADERS = {
@@ -185,7 +185,7 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -
             return to_signin()
         who, pid = session.principal, request.path_params["person_id"]
         raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
-        state = PersonState.from_json_text(raw) if raw is not None else None
+        state = state_codec.loads(raw) if raw is not None else None
         record = _record(state, who) if state is not None else None
         if record is None or not (record["decisions"] or record["enrollments"]):
             return page("error.html", session, 404, error="No record of this person in your agency.")

@@ -28,30 +28,33 @@ from typing import Any
 import asyncpg
 import orjson
 
+from shared.contract import events as ev
 from shared.contract import topics
+from shared.contract.vocabulary import RejectionReason
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
-
-from . import budgets
-from .cases import ANNUAL_LIMIT
+from . import budgets, contract, state_codec
+from .engine.cases import ANNUAL_LIMIT, annual_limit_reached, slot_held
 from .config import SubsidySettings
-from .outputs import SUBSIDY, ReversalReason, digest
-from .policy import Policy, PolicyError, PolicySet
-from .replay import GrantChange, compare, replay_person, unlogged
-from .rules import cny
-from .state import BudgetLedger, Grant, PersonState
+from .engine.outputs import SUBSIDY, ReversalReason, digest
+from .engine.policy import Policy, PolicyError, PolicySet
+from .engine.replay import GrantChange, compare, replay_person, unlogged
+from .engine.rules import cny
+from .engine.state import BudgetLedger, Grant, PersonState
 from .whatif import Scope, arguments, describe, load
 
 CHUNK = 200
 GRANTED = SUBSIDY + "SubsidyGranted.v1"
 REVERSED = SUBSIDY + "SubsidyReversed.v1"
+PUBLISHED: dict[str, type[ev.Payload]] = {GRANTED: ev.SubsidyGranted, REVERSED: ev.SubsidyReversed}
 # A correction that lowers an entitlement takes the difference back as `policy_correction`
 # (EVENTS.md §5.3, POLICY.md §6).
 CORRECTION_REASON = ReversalReason.POLICY_CORRECTION
 # Rejections that come from competing with another decision, not from the rules' amounts or
 # groups: a correction never takes back a grant for these (decisions already taken stand).
-COMPETITION = frozenset({"annual_limit", "duplicate_occupation_level", "duplicate_project",
-                         "not_stackable", "budget_exhausted"})
+COMPETITION = frozenset({RejectionReason.ANNUAL_LIMIT, RejectionReason.DUPLICATE_OCCUPATION_LEVEL,
+                         RejectionReason.DUPLICATE_PROJECT, RejectionReason.NOT_STACKABLE,
+                         RejectionReason.BUDGET_EXHAUSTED})
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def _increase(version: Policy, scope: Scope, change: GrantChange) -> Correction:
     replayed = change.replayed
     assert replayed is not None
     event = replayed.event
-    payload = event.to_payload()
+    payload = contract.data(event)
     correction = {"corrects_grant_id": None, "correction": correction_of(version, scope, change)}
     if change.recorded is None:
         # Never published: the grant goes out as the engine would have made it.
@@ -186,9 +189,9 @@ def _slot_conflict(state: PersonState, change: GrantChange) -> str | None:
     if grant.counted_year is None or (change.recorded is not None and change.recorded.live):
         return None
     live = [g for g in state.live_grants() if g.grant_id != grant.grant_id]
-    if grant.slot is not None and any(g.slot == grant.slot for g in live):
+    if grant.slot is not None and slot_held(live, grant.slot):
         return f"occupation slot {grant.slot} is held by a grant decided first"
-    if sum(g.counted_year == grant.counted_year for g in live) >= ANNUAL_LIMIT:
+    if annual_limit_reached(live, grant.counted_year):
         return f"{ANNUAL_LIMIT} counted grants in {grant.counted_year} were decided first"
     return None
 
@@ -312,7 +315,7 @@ async def _chunk(conn: asyncpg.Connection, persons: list[str], scenario: PolicyS
     changed: dict[str, PersonState] = {}
     planned: list[Correction] = []
     for row in rows:
-        state = PersonState.from_json_text(row["state"])
+        state = state_codec.loads(row["state"])
         if not scope.concerns(state):
             continue
         if unlogged(state):
@@ -344,7 +347,7 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         *zip(*[(c.event_id, "granted" if c.event_type == GRANTED else "reversed",
                 c.change.person_id, c.change.grant.event.agency, c.change.grant.event.rule,
                 c.change.grant.grant_id, c.signed_fen, version.version, version.content_hash,
-                scope.start, scope.end) for c in planned], strict=True))}
+                scope.start, scope.end) for c in planned]))}
     if len(fresh) != len(planned):
         # The states say these differences are open, the record says they were paid: refuse
         # rather than pay twice; nothing of this chunk is written.
@@ -357,29 +360,30 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         grant = c.change.grant
         event = grant.event
         year = grant.basis_date.year
-        out.publish_json(topics.SUBSIDY_EVENTS, c.event_type, c.payload, id=c.event_id,
-                         subject=c.change.person_id, agencyid=event.agency, time=on)
+        data = out.publish(topics.SUBSIDY_EVENTS, PUBLISHED[c.event_type].model_validate(c.payload),
+                           id=c.event_id, subject=c.change.person_id, agencyid=event.agency,
+                           time=on)
         rows.append((c.event_id, "granted" if c.event_type == GRANTED else "reversed",
                      c.change.person_id, event.agency, event.rule,
                      event.stage.value if c.event_type == GRANTED else None,
                      None if c.event_type == GRANTED else CORRECTION_REASON.value, c.signed_fen,
                      event.fund, event.payee_kind,
                      c.event_id if c.event_type == GRANTED else event.grant_id, on.date(),
-                     orjson.dumps(c.payload).decode()))
+                     orjson.dumps(data).decode()))
         if c.signed_fen > 0:
             policy = scenario.for_date(event.agency, grant.basis_date)
             budget = policy.budget_fen(event.fund, year) if policy is not None else None
             for notice in ledger.commit(event.agency, event.fund, year, c.signed_fen, budget):
-                out.publish_json(topics.SUBSIDY_EVENTS, notice.event_type, notice.to_payload(),
-                                 id=notice.event_id, subject=notice.key, agencyid=notice.agency,
-                                 time=on)
+                out.publish(topics.SUBSIDY_EVENTS, contract.payload(notice),
+                            id=notice.event_id, subject=notice.key, agencyid=notice.agency,
+                            time=on)
         else:
             ledger.release(event.agency, event.fund, year, -c.signed_fen)
     await conn.execute(
         "UPDATE person_state SET state = s.state, updated_at = now() "
         "FROM unnest($1::text[], $2::text[]) AS s(person_id, state) "
         "WHERE person_state.person_id = s.person_id",
-        list(changed), [s.to_json_text() for s in changed.values()])
+        list(changed), [state_codec.dumps(s) for s in changed.values()])
     await conn.copy_records_to_table("decision", records=rows, columns=(
         "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason",
         "amount_fen", "fund", "payee_kind", "grant_id", "decided_on", "payload"))

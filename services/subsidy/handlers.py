@@ -1,7 +1,7 @@
 """Batch handler of the subsidy service: load the batch's persons, decide with the engine, record.
 
 Per Kafka batch, in one transaction: lock and load the state of every person in the batch, apply
-each fact in order through the pure engine (services.subsidy.domain) with the fund years it
+each fact in order through the pure engine (services.subsidy.engine.domain) with the fund years it
 reads locked (services.subsidy.budgets), then write the states, the decision ledger, the fund
 years and the outgoing events with bulk statements; the loading and recording SQL is the
 store's (services.subsidy.store, load -> decide -> record). The
@@ -18,23 +18,23 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.contract import events as ev
 from shared.contract import topics
 from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
-from services.subsidy import budgets, holds, metrics
+from services.subsidy import budgets, contract, holds, metrics, state_codec
 from services.subsidy.config import SubsidySettings
-from services.subsidy.domain import decide
-from services.subsidy.facts import Fact, FactError, HoldReviewed, fact_from_event
-from services.subsidy.outputs import (
+from services.subsidy.engine.domain import decide
+from services.subsidy.contract import FactError
+from services.subsidy.engine.facts import Fact, HoldReviewed
+from services.subsidy.engine.outputs import (
     Output,
     SubsidyGranted,
     SubsidyHeld,
     SubsidyRejected,
     SubsidyReversed,
 )
-from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, PersonState
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.engine.state import BudgetLedger, PersonState
 from services.subsidy.store import Changes, PostgresSubsidyStore, SubsidyStore
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 def decision_row(output: Output, decided_on: dt.date, funds: dict[str, tuple[str, str]],
                  data: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
     """The ledger row of one output (None for budget notices, which are not decisions);
-    ``data`` is ``output.to_payload()`` when the caller already has it."""
-    payload = orjson.dumps(output.to_payload() if data is None else data).decode()
+    ``data`` is the published payload's JSON object when the caller already has it."""
+    payload = orjson.dumps(contract.data(output) if data is None else data).decode()
     if isinstance(output, SubsidyGranted):
         funds[output.grant_id] = (output.fund, output.payee_kind)
         return (output.event_id, "granted", output.person_id, output.agency, output.rule,
@@ -101,14 +101,13 @@ def make_handler(settings: SubsidySettings, policies: PolicySet,
                                 event.key)
                 continue
             try:
-                facts.append((item, fact_from_event(event.type, ev.dump(event.data),
-                                                    event.agencyid, event.time.isoformat())))
+                facts.append((item, contract.fact_of(event)))
             except FactError as exc:
                 out.dead_letter(item.record, "schema_violation", str(exc))
 
         def run(ledger: BudgetLedger) -> tuple[dict[str, PersonState], list[tuple[Incoming, Output]]]:
             """The batch's decisions: pure, so they can be taken again against locked budgets."""
-            states = {p: PersonState.from_json_text(text) for p, text in stored.items()}
+            states = {p: state_codec.loads(text) for p, text in stored.items()}
             touched: dict[str, PersonState] = {}
             decided: list[tuple[Incoming, Output]] = []
             for item, fact in facts:
@@ -133,9 +132,8 @@ def make_handler(settings: SubsidySettings, policies: PolicySet,
             hold_outputs.append(output)
             if isinstance(fact, HoldReviewed) and isinstance(output, SubsidyGranted):
                 released.append(output.grant_id)
-            data = output.to_payload()
-            out.publish_json(
-                topics.SUBSIDY_EVENTS, output.event_type, data,
+            data = out.publish(
+                topics.SUBSIDY_EVENTS, contract.payload(output),
                 id=output.event_id, subject=output.key, agencyid=output.agency,
                 time=event.time, traceparent=event.traceparent,
             )

@@ -21,10 +21,11 @@ import orjson
 
 from shared.contract import events as ev
 from shared.contract import topics
+from shared.contract.vocabulary import RejectionReason
 from shared.runtime.outbox import Outbox
-from services.subsidy.facts import HoldReviewed
-from services.subsidy.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.state import PersonState
+from services.subsidy import contract, state_codec
+from services.subsidy.engine.facts import HoldReviewed
+from services.subsidy.engine.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
 
 REVIEW_SOURCE = "/services/subsidy/reviews"
 REVIEWED = "skills.subsidy.HoldReviewed.v1"
@@ -60,14 +61,14 @@ async def record(conn: asyncpg.Connection, outputs: list[Output], released: list
             [o.grant.stage.value for o in held], [o.grant.amount_fen for o in held],
             [o.grant.fund for o in held], [",".join(o.checks) for o in held],
             [o.enrollment_ref for o in held], [o.held_on for o in held],
-            [orjson.dumps(o.to_payload()).decode() for o in held],
+            [orjson.dumps(contract.data(o)).decode() for o in held],
         )
     ends: list[tuple[str, str, str]] = []
     for o in outputs:
         if isinstance(o, SubsidyGranted) and o.grant_id in released:
             ends.append((o.grant_id, "released", o.event_id))
         elif isinstance(o, SubsidyRejected) and o.grant_id is not None:
-            status = "denied" if o.reason.value == "integrity_denied" else "voided"
+            status = "denied" if o.reason is RejectionReason.INTEGRITY_DENIED else "voided"
             ends.append((o.grant_id, status, o.event_id))
     if ends:
         await conn.execute(
@@ -109,7 +110,7 @@ async def submit_review(
                           else "hold_ended", f"the hold is {row['status']}")
         raw = await conn.fetchval("SELECT state FROM person_state WHERE person_id = $1",
                                   row["person_id"])
-        state = PersonState.from_json_text(raw)
+        state = state_codec.loads(raw)
         grant = state.find_grant(grant_id)
         base = state.find_grant(grant.base_grant_id) if grant and grant.base_grant_id else None
         if base is not None and base.held:

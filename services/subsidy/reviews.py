@@ -19,8 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
 from shared.runtime.settings import ServiceSettings
-from services.subsidy import holds
-from services.subsidy.state import PersonState
+from services.subsidy import holds, state_codec
+from services.subsidy.engine.state import PersonState
 
 MAX_NOTE = 2000
 HOLD_COLUMNS = ("grant_id", "person_id", "agency", "rule", "stage", "amount_fen", "fund",
@@ -82,7 +82,7 @@ async def hold_views(pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[dic
     checks, facts, age and the review, if any."""
     persons = sorted({r["person_id"] for r in rows})
     states = {
-        r["person_id"]: PersonState.from_json_text(r["state"])
+        r["person_id"]: state_codec.loads(r["state"])
         for r in await pool.fetch("SELECT person_id, state FROM person_state "
                                   "WHERE person_id = ANY($1::text[])", persons)
     }

@@ -20,10 +20,10 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from shared.runtime import db
-from services.subsidy import budgets, holds
-from services.subsidy.facts import HoldReviewed
-from services.subsidy.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.state import BudgetLedger, FundYear, PersonState, pending_items
+from services.subsidy import budgets, holds, state_codec
+from services.subsidy.engine.facts import HoldReviewed
+from services.subsidy.engine.outputs import Output, SubsidyGranted, SubsidyHeld, SubsidyRejected
+from services.subsidy.engine.state import BudgetLedger, FundYear, PersonState, pending_items
 
 T = TypeVar("T")
 
@@ -110,7 +110,7 @@ class PostgresSubsidyStore:
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
                 "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
                 " has_pending = excluded.has_pending, updated_at = now()",
-                list(touched), [s.to_json_text() for s in touched.values()],
+                list(touched), [state_codec.dumps(s) for s in touched.values()],
                 [bool(pending_items(s)) for s in touched.values()],
             )
         if rows:
@@ -156,7 +156,7 @@ class MemorySubsidyStore:
         rows = reversal_funds(changes.decisions, {g: granted[g] for g in missing_funds(
             changes.decisions) if g in granted})
         for person, state in changes.states.items():
-            self.states[person] = (state.to_json_text(), bool(pending_items(state)))
+            self.states[person] = (state_codec.dumps(state), bool(pending_items(state)))
         self.decisions += rows
         for review in changes.reviews:
             self.reviews.setdefault(review.grant_id, review)

@@ -31,12 +31,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import budgets
+from . import budgets, state_codec
 from .config import SubsidySettings
-from .policy import Policy, PolicyError, PolicySet, load_policy_dir, load_policy_file
-from .replay import ChangeKind, GrantChange, compare, replay_person, unlogged
-from .rules import cny
-from .state import BudgetLedger, PersonState
+from .engine.policy import Policy, PolicyError, PolicySet
+from .policy_files import load_policy_dir, load_policy_file
+from .engine.replay import ChangeKind, GrantChange, compare, replay_person, unlogged
+from .engine.rules import cny
+from .engine.state import BudgetLedger, PersonState
 
 CHUNK = 500
 
@@ -239,7 +240,7 @@ async def states_of(conn: asyncpg.Connection, agency: str,
         "SELECT state FROM person_state WHERE strpos(state, $1) > 0 ORDER BY person_id",
         needle, prefetch=chunk,
     ):
-        yield PersonState.from_json_text(row["state"])
+        yield state_codec.loads(row["state"])
 
 
 async def load_ledger(conn: asyncpg.Connection) -> BudgetLedger:

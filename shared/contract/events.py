@@ -7,9 +7,17 @@ fields (forward compatibility); anything added here must be optional.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 from shared.contract.vocabulary import (  # re-exported: the models' field types
     Category,
@@ -35,6 +43,8 @@ class Payload(BaseModel):
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Month = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 Fen = Annotated[int, Field(ge=0, strict=True)]
+
+
 PersonId = Annotated[str, StringConstraints(pattern=r"^p_[0-9a-f]{32}$")]
 
 
@@ -246,6 +256,23 @@ class CertificateRevoked(Payload):
 # ---- output: skills.subsidy.events --------------------------------------------------------
 
 
+class _Additive(Payload):
+    """An output payload whose additive fields (``ADDITIVE``) are written only when they were
+    given, a null included: an event made without them is byte for byte the JSON of the first
+    version, and one made with them (a policy correction's) keeps them as given."""
+
+    ADDITIVE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _given_additive_fields(  # type: ignore[no-untyped-def]
+        self, handler: SerializerFunctionWrapHandler
+    ):  # no return annotation: the serialization schema stays the model's
+        data: dict[str, Any] = handler(self)
+        for name in self.ADDITIVE - self.model_fields_set:
+            data.pop(name, None)
+        return data
+
+
 class Payee(Payload):
     kind: PayeeKind
     id: str
@@ -275,7 +302,7 @@ class PolicyCorrection(Payload):
     entitled_fen: Fen
 
 
-class SubsidyGranted(Payload):
+class SubsidyGranted(_Additive):
     grant_id: str
     person_id: PersonId
     agency: str
@@ -290,9 +317,10 @@ class SubsidyGranted(Payload):
     explanation: str
     corrects_grant_id: str | None = None  # additive: the grant a correction top-up completes
     correction: PolicyCorrection | None = None  # additive
+    ADDITIVE = frozenset({"corrects_grant_id", "correction"})
 
 
-class SubsidyRejected(Payload):
+class SubsidyRejected(_Additive):
     person_id: PersonId
     agency: str
     subsidy_type: str
@@ -302,9 +330,10 @@ class SubsidyRejected(Payload):
     explanation: str
     policy: PolicyRef | None = None  # additive
     grant_id: str | None = None  # additive: the held grant an integrity_denied / hold_voided ends
+    ADDITIVE = frozenset({"grant_id"})
 
 
-class SubsidyReversed(Payload):
+class SubsidyReversed(_Additive):
     grant_id: str
     person_id: PersonId
     agency: str
@@ -313,6 +342,7 @@ class SubsidyReversed(Payload):
     explanation: str
     rule: str | None = None  # additive: the rule of the reversed grant
     correction: PolicyCorrection | None = None  # additive
+    ADDITIVE = frozenset({"correction"})
 
 
 class Hold(Payload):
@@ -328,13 +358,15 @@ class SubsidyHeld(SubsidyGranted):
     hold: Hold
 
 
-class BudgetThresholdReached(Payload):
+class BudgetThresholdReached(_Additive):
     agency: str
     fund: str
     year: int
     budget_fen: Fen
     committed_fen: Fen
     threshold: float  # a ratio (0.8, 0.9, 1.0), not money
+    threshold_bp: int | None = None  # additive: the same ratio, exact, in basis points (8000, ...)
+    ADDITIVE = frozenset({"threshold_bp"})
 
 
 # ---- the subsidy service's command topic: skills.subsidy.reviews ---------------------------

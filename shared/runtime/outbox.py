@@ -69,30 +69,18 @@ class Outbox:
         agencyid: str,
         time: dt.datetime | str,
         traceparent: str | None = None,
-    ) -> None:
-        self.publish_json(
-            topic, TYPE_OF[type(payload)], payload.model_dump(mode="json"), id=id,
-            subject=subject, agencyid=agencyid, time=time, traceparent=traceparent,
-        )
-
-    def publish_json(
-        self,
-        topic: str,
-        event_type: str,
-        data: dict[str, Any],
-        *,
-        id: str,
-        subject: str,
-        agencyid: str,
-        time: dt.datetime | str,
-        traceparent: str | None = None,
-    ) -> None:
-        """Publish a payload already in its JSON form (the subsidy engine's outputs)."""
+    ) -> dict[str, Any]:
+        """Publish a contract payload model (every service's events go out this way); returns
+        its JSON object (for a caller that also records it, such as the subsidy service's
+        decision ledger)."""
+        event_type = TYPE_OF[type(payload)]
+        data = payload.model_dump(mode="json")
         value = envelope.encode_raw(
             event_type, data, id=id, source=self.source, subject=subject, agencyid=agencyid,
             time=time, traceparent=traceparent,
         )
         self._append(topic, subject, event_type, value)
+        return data
 
     def _append(self, topic: str, key: str, event_type: str, value: bytes) -> None:
         headers = [[k, v.decode()] for k, v in envelope.headers()]

@@ -27,7 +27,7 @@ import pytest
 
 from shared.contract import topics
 from shared.contract.envelope import headers
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.harness import ROOT, SECRET, Collector, Producer, ServiceProcess, Stack, wait_for
 from tools import moneycheck
 from tools.expected import Out, Outcome, expected_outcome, persons_in_several_lanes
@@ -200,7 +200,7 @@ async def test_a_seeded_population_gives_exactly_the_offline_outcome(world) -> N
             assert digest == GOLDEN.read_text().strip(), (
                 f"the published bytes differ from the recorded run {GOLDEN.name}")
 
-        # The oracle above is the engine (services.subsidy.replay): the money itself is checked
+        # The oracle above is the engine (services.subsidy.engine.replay): the money itself is checked
         # here by other means, from the policy files and the published facts.
         problems = money_problems(services["subsidy"], enrollment + assessment, subsidy)
         assert problems == [], f"{len(problems)} money problems, e.g.\n" + "\n".join(problems[:20])

@@ -26,7 +26,7 @@ import pytest
 
 from shared.contract import topics
 from shared.runtime.settings import DEFAULT_AGENCIES
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.faults.private import (
     OUTPUT,
     SERVICES,

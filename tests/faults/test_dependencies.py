@@ -21,7 +21,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract import topics
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.faults.private import (
     SERVICES,
     PrivateCollector,

@@ -19,10 +19,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.subsidy import state_codec
+from services.subsidy.config import SubsidySettings
+from services.subsidy.engine.state import PendingKind
 from shared.contract import topics
 from shared.runtime import logs
-from services.subsidy.config import SubsidySettings
-from services.subsidy.state import PendingKind
 from tests.harness import ROOT, Producer, ServiceProcess, Stack, wait_for
 from tools.simulate import simulate
 
@@ -217,7 +218,7 @@ async def test_every_metric_a_dashboard_panel_reads_is_exported(world) -> None:
 
 async def test_the_pending_items_sweep_counts_what_the_person_states_hold(world) -> None:
     from services.subsidy import metrics as business
-    from services.subsidy.state import PersonState, pending_items
+    from services.subsidy.engine.state import pending_items
 
     service = world["subsidy"]
     pool = await asyncpg.create_pool(service.stack.db_url("subsidy"), min_size=1, max_size=1)
@@ -228,7 +229,7 @@ async def test_the_pending_items_sweep_counts_what_the_person_states_hold(world)
         await pool.close()
     expected: collections.Counter[str] = collections.Counter(
         item.kind.value for r in rows
-        for item in pending_items(PersonState.from_json(orjson.loads(r["state"]))))
+        for item in pending_items(state_codec.loads(r["state"])))
     assert sum(expected.values()) > 0
     for kind in PendingKind:
         assert business.PENDING_ITEMS.labels(kind.value)._value.get() == expected[kind.value], kind

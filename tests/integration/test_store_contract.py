@@ -28,7 +28,8 @@ from services.enrollment.config import EnrollmentSettings
 from services.enrollment.handlers import ATTENDANCE, FINISHED
 from services.enrollment.handlers import translate as enrollment_translate
 from services.enrollment.store import MemoryEnrollmentStore, PostgresEnrollmentStore
-from services.subsidy.state import BudgetLedger, FundYear, PersonState
+from services.subsidy import state_codec
+from services.subsidy.engine.state import BudgetLedger, FundYear, PersonState
 from services.subsidy.store import Changes as SubsidyChanges
 from services.subsidy.store import MemorySubsidyStore, PostgresSubsidyStore
 from tests import builders as b
@@ -267,7 +268,7 @@ async def _subsidy_contract(run: Unit) -> None:
         decisions=[ledger_row("g-1", "granted", "G1", 150000, "employment")],
         ledger=spent, start=start,
     ))
-    assert await run("load", [p1, p2]) == {p1: PersonState.empty(p1).to_json_text()}
+    assert await run("load", [p1, p2]) == {p1: state_codec.dumps(PersonState.empty(p1))}
 
     # The next batch's decisions start from the stored fund years; what it adds is added.
     seen: list[FundYear] = []

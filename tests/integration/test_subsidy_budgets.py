@@ -190,7 +190,7 @@ async def test_a_batch_whose_fund_year_changed_before_it_locked_it_decides_again
     from it after this batch's unlocked read; the batch's first decisions (made on 0 committed)
     are dropped and it decides again on what the row holds once locked (60 + 30 = 90)."""
     from services.subsidy import budgets
-    from services.subsidy.state import BudgetLedger
+    from services.subsidy.engine.state import BudgetLedger
 
     _stack, (first, _) = world
     other, conn = await first.db(), await first.db()

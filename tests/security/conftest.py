@@ -10,7 +10,7 @@ import pytest
 
 from shared.contract import topics
 from shared.runtime.auth import hash_token
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tests.e2e.test_seeded_population import PARTITIONS, _count, count, produce
 from tests.harness import ROOT, SECRET, Collector, Producer, ServiceProcess, Stack, wait_for
 from tools.expected import expected_outcome

@@ -11,7 +11,7 @@ import pytest
 from shared.contract import topics
 from shared.contract.envelope import DecodeError, decode
 from shared.contract.identity import normalise_national_id
-from services.subsidy.policy import load_policy_dir
+from services.subsidy.policy_files import load_policy_dir
 from tools.expected import expected_outcome
 from tools.population import DEFAULT_AGENCIES, ENROLLED, RESULT
 from tools.simulate import main, simulate

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.subsidy.domain import SubsidyGranted
+from services.subsidy.engine.domain import SubsidyGranted
 
 from .world import World, employer, summary
 

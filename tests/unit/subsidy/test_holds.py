@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.subsidy.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
-from services.subsidy.policy import PolicySet, load_policy_file
-from services.subsidy.replay import replay_person
-from services.subsidy.state import HoldStatus, PersonState
+from services.subsidy import contract, state_codec
+from services.subsidy.engine.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.policy_files import load_policy_file
+from services.subsidy.engine.replay import replay_person
+from services.subsidy.engine.state import HoldStatus
 
 from .world import POLICY_DIR, World, employer, summary
 
@@ -38,7 +40,7 @@ def test_a_certificate_on_a_flagged_enrollment_is_held_whole_with_its_topup() ->
     assert summary(outputs) == [("held", "BJ-CERT-IND", "full", 150000, "person"),
                                 ("held", "BJ-CERT-HARDENT", "full", 75000, "employer")]
     base, topup = _held(outputs)
-    payload = base.to_payload()
+    payload = contract.data(base)
     assert payload["hold"] == {"checks": ["daily_hours_exceeded"], "enrollment_ref": ref,
                                "held_on": "2026-03-25"}
     assert payload["grant_id"] == base.grant.grant_id and base.event_id != base.grant.grant_id
@@ -70,8 +72,8 @@ def test_release_publishes_the_held_grant_unchanged_with_its_topup_once() -> Non
                                  ("granted", "BJ-CERT-HARDENT", "full", 75000, "employer")]
     granted = released[0]
     assert isinstance(granted, SubsidyGranted)
-    held = base.grant.to_payload()
-    assert {k: v for k, v in granted.to_payload().items() if k != "explanation"} == {
+    held = contract.data(base.grant)
+    assert {k: v for k, v in contract.data(granted).items() if k != "explanation"} == {
         k: v for k, v in held.items() if k != "explanation"}
     assert granted.event_id == base.grant.grant_id
     assert granted.explanation.startswith(held["explanation"])
@@ -118,7 +120,7 @@ def test_a_hold_counts_toward_the_annual_limit_and_the_slot_and_a_denial_frees_b
     assert summary(denied) == [("rejected", "SQ-SAFETY", "integrity_denied")]
     rejection = denied[0]
     assert isinstance(rejection, SubsidyRejected)
-    assert rejection.to_payload()["grant_id"] == hold.grant.grant_id
+    assert contract.data(rejection)["grant_id"] == hold.grant.grant_id
     assert rejection.basis == hold.grant.basis
     assert "denied on integrity review rv-9 by clerk-1" in rejection.explanation
     again = w.enroll("suqian", employer=employer(), training_type="safety", level=None,
@@ -203,7 +205,7 @@ def test_flags_and_reviews_are_logged_facts_so_a_replay_holds_and_releases_the_s
     base = _held(w.outputs)[0]
     w.review(base.grant.grant_id, "release")
     recorded = w.state()
-    restored = PersonState.from_json_text(recorded.to_json_text())
+    restored = state_codec.loads(state_codec.dumps(recorded))
     assert restored == recorded
     again = replay_person(w.policies, restored, w.budgets)
     assert [(g.grant_id, g.live, g.hold) for g in again.grant_log] == [

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.subsidy.domain import BudgetThresholdReached, SubsidyGranted, pending_items
-from services.subsidy.policy import PolicySet, load_policy_file
-from services.subsidy.state import PendingKind
+from services.subsidy import contract
+from services.subsidy.engine.domain import BudgetThresholdReached, SubsidyGranted, pending_items
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.policy_files import load_policy_file
+from services.subsidy.engine.state import PendingKind
 
 from .world import POLICY_DIR, World, employer, summary
 
@@ -162,7 +164,7 @@ def test_budgets_reject_over_budget_grants_and_report_thresholds_once(tmp_path: 
     threshold = w.outputs[2]
     assert isinstance(threshold, BudgetThresholdReached)
     assert threshold.key == "budget:beijing:unemployment_insurance:2026"
-    assert threshold.to_payload()["threshold"] == 0.8
+    assert contract.data(threshold)["threshold"] == 0.8
     w.revoke(certificates[0])
     assert w.budgets.committed_fen("beijing", "unemployment_insurance", 2026) == 150000
     ref = w.enroll("beijing", insured_months=24, occupation="D")

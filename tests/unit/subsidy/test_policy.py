@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.subsidy.policy import PolicyError, PolicySet, load_policy_dir, load_policy_file
+from services.subsidy.engine.policy import PolicyError, PolicySet
+from services.subsidy.policy_files import load_policy_dir, load_policy_file
 
 from .world import POLICY_DIR
 
@@ -53,6 +54,26 @@ def test_masked_amounts_are_marked_assumed() -> None:
     (lambda r: r["rules"].append(dict(r["rules"][3])), "rule BJ-PREJOB: field 'id'"),
     (lambda r: r.update(valid_from="01/01/2020"), "field 'valid_from'"),
     (lambda r: r.update(advance_rate_bp=20000), "field 'advance_rate_bp'"),
+    # What the pydantic models of services.subsidy.policy_files refuse, named the same way:
+    (lambda r: r.update(agnecy="beijing"), "field 'agnecy': unknown field"),
+    (lambda r: r.update(agency="  "), "field 'agency'"),
+    (lambda r: r.update(valid_to="2020-13-01"), "field 'valid_to'"),
+    (lambda r: r.update(budgets={"employment": {"twenty": 5}}), "field 'budgets'"),
+    (lambda r: r.update(budgets={"employment": {"2026": True}}), "field 'budgets'"),
+    (lambda r: r.update(rules={}), "field 'rules'"),
+    (lambda r: r["rules"][3].update(training_types=["pre-job"]),
+     "rule BJ-PREJOB: field 'training_types'"),
+    (lambda r: r["rules"][3].update(fee_payers=["state"]), "rule BJ-PREJOB: field 'fee_payers'"),
+    (lambda r: r["rules"][3].update(counts_toward_annual_limit="yes"),
+     "rule BJ-PREJOB: field 'counts_toward_annual_limit'"),
+    (lambda r: r["rules"][3].update(min_hours=-1), "rule BJ-PREJOB: field 'min_hours'"),
+    (lambda r: r["rules"][0].update(amount_by_level={"master": 100}),
+     "rule BJ-CERT-IND: field 'amount_by_level'"),
+    (lambda r: r["rules"][2].update(amount={"fen": 100, "assumd": True}),
+     "rule BJ-SPECOP: field 'amount'"),
+    (lambda r: r["rules"][2].update(certified_on_or_after="soon"),
+     "rule BJ-SPECOP: field 'certified_on_or_after'"),
+    (lambda r: r["rules"].__setitem__(2, "BJ-SPECOP"), "field 'rules': Input should be a valid dictionary (at 2)"),
 ])
 def test_a_bad_file_is_refused_naming_file_rule_and_field(tmp_path: Path, mutate: Any,
                                                           needle: str) -> None:
@@ -104,7 +125,7 @@ def test_version_selection_by_date(tmp_path: Path) -> None:
 
 
 def test_the_validate_cli_accepts_defaults_and_names_the_bad_field(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "services.subsidy.policy", "validate"]
+    command = [sys.executable, "-m", "services.subsidy.policy_files", "validate"]
     ok = subprocess.run(command + [str(p) for p in POLICY_DIR.glob("*.json")],
                         capture_output=True, text=True, cwd=POLICY_DIR.parents[2])
     assert ok.returncode == 0, ok.stderr

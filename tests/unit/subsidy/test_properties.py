@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.subsidy.domain import PersonState
-from services.subsidy.replay import replay
+from services.subsidy import contract, state_codec
+from services.subsidy.engine.replay import replay
 
 from .world import DEFAULT_POLICIES, World, employer
 
@@ -113,8 +113,8 @@ def test_redelivering_every_fact_changes_nothing(population: list[Course]) -> No
     once = replay(DEFAULT_POLICIES, facts)
     twice = replay(DEFAULT_POLICIES, [f for fact in facts for f in (fact, fact)])
     assert [o.event_id for o in twice.outputs] == [o.event_id for o in once.outputs]
-    assert {p: s.to_json() for p, s in twice.states.items()} == {
-        p: s.to_json() for p, s in once.states.items()}
+    assert {p: state_codec.to_builtins(s) for p, s in twice.states.items()} == {
+        p: state_codec.to_builtins(s) for p, s in once.states.items()}
     assert twice.budgets == once.budgets
 
 
@@ -126,7 +126,7 @@ def test_a_certificate_before_its_completion_gives_the_natural_outcome(
     swapped = replay(DEFAULT_POLICIES,
                      _script(population, certificate_first=True, with_outcomes=False))
     assert [o.event_id for o in swapped.outputs] == [o.event_id for o in natural.outputs]
-    assert [o.to_payload() for o in swapped.outputs] == [o.to_payload() for o in natural.outputs]
+    assert [contract.data(o) for o in swapped.outputs] == [contract.data(o) for o in natural.outputs]
 
 
 @settings(max_examples=30, deadline=None)
@@ -134,4 +134,4 @@ def test_a_certificate_before_its_completion_gives_the_natural_outcome(
 def test_state_round_trips_through_json_at_every_step(population: list[Course]) -> None:
     result = replay(DEFAULT_POLICIES, _script(population))
     for state in result.states.values():
-        assert PersonState.from_json(state.to_json()) == state
+        assert state_codec.from_builtins(state_codec.to_builtins(state)) == state

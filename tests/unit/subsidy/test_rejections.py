@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.subsidy.domain import SubsidyRejected
+from services.subsidy import contract
+from services.subsidy.engine.domain import SubsidyRejected
 
 from .world import World, employer, summary
 
@@ -135,4 +136,4 @@ def test_rejections_explain_the_rule_the_reason_and_the_facts() -> None:
     assert isinstance(rejection, SubsidyRejected)
     text = rejection.explanation
     assert "BJ-CERT-IND" in text and "insured 6 months" in text and "CERT-X" in text
-    assert rejection.to_payload()["reason"] == "insufficient_insurance"
+    assert contract.data(rejection)["reason"] == "insufficient_insurance"

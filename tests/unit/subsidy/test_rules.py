@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.subsidy.domain import SubsidyGranted
+from services.subsidy.engine.domain import SubsidyGranted
 
 from .world import World, employer, summary
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from services.subsidy.outputs import SubsidyGranted
-from services.subsidy.policy import PolicyError, load_policy_dir, load_policy_file
+from services.subsidy.engine.outputs import SubsidyGranted
+from services.subsidy.engine.policy import PolicyError
+from services.subsidy.policy_files import load_policy_dir, load_policy_file
 
 from .world import POLICY_DIR, World, employer
 
@@ -117,7 +118,7 @@ def test_the_validate_cli_refuses_overlapping_versions_naming_both_files(tmp_pat
     first = _write(tmp_path, "a.json", _suqian())
     second = _write(tmp_path, "b.json", _suqian(version="2026-01", valid_from="2026-01-01"))
     result = subprocess.run(
-        [sys.executable, "-m", "services.subsidy.policy", "validate", str(first), str(second)],
+        [sys.executable, "-m", "services.subsidy.policy_files", "validate", str(first), str(second)],
         capture_output=True, text=True, cwd=POLICY_DIR.parents[2])
     assert result.returncode == 1
     assert str(first) in result.stderr and str(second) in result.stderr

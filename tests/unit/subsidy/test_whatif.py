@@ -13,14 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.subsidy.corrections import GRANTED, REVERSED, correct_person
-from services.subsidy.domain import BudgetLedger, PersonState
-from services.subsidy.policy import Policy, load_policy_file
-from services.subsidy.replay import compare, replay, replay_person, unlogged
+from services.subsidy import contract, state_codec
+from services.subsidy.corrections import GRANTED, PUBLISHED, REVERSED, Correction, correct_person
+from services.subsidy.engine.domain import BudgetLedger, PersonState
+from services.subsidy.engine.policy import Policy
+from services.subsidy.policy_files import load_policy_file
+from services.subsidy.engine.replay import compare, replay, replay_person, unlogged
 from services.subsidy.whatif import Scope, WhatIf
 
 from .test_properties import _script, courses
-from .world import DEFAULT_POLICIES, POLICY_DIR, World, employer
+from .world import DEFAULT_POLICIES, POLICY_DIR, STAND_IN, World, employer
 
 DRAFT = POLICY_DIR / "drafts" / "suqian-living-40.json"
 YEAR_2026 = Scope("suqian", date(2026, 1, 1), date(2026, 12, 31))
@@ -59,9 +61,9 @@ def test_every_recorded_person_replays_from_its_fact_log_to_the_same_state(
         population: list[Any]) -> None:
     recorded = replay(DEFAULT_POLICIES, _script(population))
     for state in recorded.states.values():
-        stored = PersonState.from_json(json.loads(json.dumps(state.to_json())))
+        stored = state_codec.from_builtins(json.loads(json.dumps(state_codec.to_builtins(state))))
         again = replay_person(DEFAULT_POLICIES, stored, copy.deepcopy(recorded.budgets))
-        assert again.to_json() == state.to_json()
+        assert state_codec.to_builtins(again) == state_codec.to_builtins(state)
 
 
 def test_a_draft_raising_the_living_allowance_reports_exactly_the_affected_grants() -> None:
@@ -113,11 +115,29 @@ def test_a_draft_changes_nothing_outside_its_period_or_agency() -> None:
     assert run.report()["by_rule"] == []
 
 
+def _published_as_is(correction: Correction) -> None:
+    """A correction is published as its contract model (Outbox.publish): the model's JSON is
+    the correction's payload, field for field and in order (a given null kept)."""
+    payload = {**correction.payload, "person_id": STAND_IN}  # the contract's form of p_1
+    model = PUBLISHED[correction.event_type].model_validate(payload)
+    assert list(model.model_dump(mode="json").items()) == list(payload.items())
+
+
+def test_a_never_made_grant_is_published_with_a_null_corrects_grant_id() -> None:
+    payload = {**contract.data(_population().state("p_1").grant_log[0].event),
+               "person_id": STAND_IN, "corrects_grant_id": None,
+               "correction": {"policy": {"agency": "suqian", "version": "v", "hash": "h"},
+                              "period": {"from": "2026-01-01", "to": "2026-12-31"},
+                              "paid_fen": 0, "entitled_fen": 30000}}
+    dumped = PUBLISHED[GRANTED].model_validate(payload).model_dump(mode="json")
+    assert list(dumped.items()) == list(payload.items()) and dumped["corrects_grant_id"] is None
+
+
 def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_nothing() -> None:
     w = _population()
     draft = load_policy_file(DRAFT)
     scenario = DEFAULT_POLICIES.with_version(draft, YEAR_2026.start, YEAR_2026.end)
-    state = PersonState.from_json(w.state("p_1").to_json())
+    state = state_codec.from_builtins(state_codec.to_builtins(w.state("p_1")))
     (grant,) = state.grant_log
     first = correct_person(state, replay_person(scenario, state, BudgetLedger()), draft, YEAR_2026)
     (topup,) = first.corrections
@@ -127,6 +147,7 @@ def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_not
     assert topup.payload["grant_id"] != grant.grant_id
     assert topup.payload["correction"]["paid_fen"] == 30000
     assert topup.payload["correction"]["entitled_fen"] == 40000
+    _published_as_is(topup)
     assert state.grant(grant.grant_id).event.amount_fen == 40000
     again = correct_person(state, replay_person(scenario, state, BudgetLedger()), draft, YEAR_2026)
     assert again.corrections == [] and again.held == []
@@ -135,13 +156,14 @@ def test_a_correction_tops_up_exactly_the_difference_and_a_second_pass_finds_not
 def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path: Path) -> None:
     lower = _draft(tmp_path, lambda raw: _rule(raw, "SQ-LIVING").update(amount=2000))
     scenario = DEFAULT_POLICIES.with_version(lower, YEAR_2026.start, YEAR_2026.end)
-    state = PersonState.from_json(_population().state("p_1").to_json())
+    state = state_codec.from_builtins(state_codec.to_builtins(_population().state("p_1")))
     (grant,) = state.grant_log
     (reversal,) = correct_person(state, replay_person(scenario, state, BudgetLedger()), lower,
                                  YEAR_2026).corrections
     assert reversal.event_type == REVERSED
     assert (reversal.payload["grant_id"], reversal.payload["amount_fen"],
             reversal.payload["reason"]) == (grant.grant_id, 10000, "policy_correction")
+    _published_as_is(reversal)
     kept = state.grant(grant.grant_id)
     assert kept.live and kept.event.amount_fen == 20000
     assert compare(state, replay_person(scenario, state, BudgetLedger())) == []
@@ -149,7 +171,7 @@ def test_a_correction_lowering_an_amount_takes_back_only_the_difference(tmp_path
 
 def test_a_state_decided_partly_before_the_fact_log_is_counted_not_replayed() -> None:
     w = _population()
-    legacy = PersonState.from_json(w.state("p_1").to_json())
+    legacy = state_codec.from_builtins(state_codec.to_builtins(w.state("p_1")))
     legacy.fact_log = legacy.fact_log[1:]
     run = WhatIf(DEFAULT_POLICIES, load_policy_file(DRAFT), YEAR_2026)
     assert run.person(legacy) == []
@@ -183,6 +205,6 @@ def test_a_fact_log_missing_any_kind_of_fact_is_refused_by_what_if(code: str) ->
     kinds = [entry[0] for entry in state.fact_log]
     assert code in kinds
     for drop in (kinds.index(code), len(kinds) - 1 - kinds[::-1].index(code)):
-        gap = PersonState.from_json(state.to_json())
+        gap = state_codec.from_builtins(state_codec.to_builtins(state))
         del gap.fact_log[drop]
         assert unlogged(gap), f"a log without {state.fact_log[drop]} has a gap"

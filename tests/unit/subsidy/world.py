@@ -1,12 +1,14 @@
-"""A scripted world for engine tests: builds contract event payloads and runs them through decide."""
+"""A scripted world for engine tests: builds contract event payloads, validates them with the
+contract's models and runs them through decide (facts from the models, as the service does)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from pathlib import Path
 from typing import Any
 
-from services.subsidy.domain import (
+from services.subsidy.engine.domain import (
     BudgetLedger,
     BudgetThresholdReached,
     Fact,
@@ -17,14 +19,24 @@ from services.subsidy.domain import (
     SubsidyRejected,
     SubsidyReversed,
     decide,
-    fact_from_event,
 )
-from services.subsidy.policy import PolicySet, load_policy_dir
+from services.subsidy.contract import fact_from_model
+from shared.contract.events import TOPIC_TYPES
+from services.subsidy.engine.policy import PolicySet
+from services.subsidy.policy_files import load_policy_dir
 
 POLICY_DIR = Path(__file__).parents[3] / "services" / "subsidy" / "policies"
 DEFAULT_POLICIES = load_policy_dir(POLICY_DIR)
 ENR = "skills.enrollment."
 ASM = "skills.assessment."
+MODELS = {name: model for types in TOPIC_TYPES.values() for name, model in types.items()
+          if not name.startswith(("skills.training.", "skills.assessment.Assessment"
+                                  "ResultRecorded"))}
+MODELS[ASM + "CertificateRevoked.v1"] = TOPIC_TYPES["skills.assessment.events"][
+    ASM + "CertificateRevoked.v1"]
+# The contract's person ids are p_ and 32 hex digits; these tests name persons p_1, p_2...:
+# a payload is validated with a well-formed stand-in, then carries the test's own name.
+STAND_IN = "p_" + "0" * 32
 
 
 def employer(id: str = "EMP-1", *, insured: bool = True, hardship: bool = False,
@@ -68,7 +80,9 @@ class World:
 
     def send(self, event_type: str, data: dict[str, Any], agency: str = "suqian",
              time: str = "2026-01-01T09:00:00+08:00") -> list[Output]:
-        fact = fact_from_event(event_type, data, agency, time)
+        payload = MODELS[event_type].model_validate({**data, "person_id": STAND_IN})
+        payload = payload.model_copy(update={"person_id": data["person_id"]})
+        fact = fact_from_model(payload, agency, dt.datetime.fromisoformat(time))
         assert fact is not None
         return self.apply(fact)
 
@@ -89,18 +103,19 @@ class World:
                insured_months: int | None = None, hired_on: str | None = None,
                employer: dict[str, Any] | None = None, occupation: str = "6-31-01-03",
                level: str | None = "intermediate", training_type: str = "skill_upgrade",
-               start: str = "2026-03-01", end: str = "2026-03-20",
+               start: str = "2026-03-01", end: str | None = None,
                project_based: bool | None = None, program_years: int | None = None,
                fee: int = 150000, payer: str = "person", accepted_on: str = "2026-03-01",
                institution: str = "INST-1") -> str:
         ref = ref or f"{institution}/2026/{next(self._ids):06d}"
+        end = end or max(start, "2026-03-20")  # a course ends on or after its start
         data: dict[str, Any] = {
             "enrollment_ref": ref, "person_id": person, "institution_id": institution,
             "categories": list(categories), "hukou_agency": agency, "employer": employer,
             "course": {"course_id": "C-1", "occupation_code": occupation,
                        "occupation_name": "电工", "level": level, "training_type": training_type,
                        "planned_hours": 80, "start_date": start, "end_date": end,
-                       "project_based": project_based, "program_years": program_years},
+                       "project_based": project_based or False, "program_years": program_years},
             "fee": {"amount_fen": fee, "payer": payer}, "accepted_on": accepted_on,
         }
         for key, value in (("rural", rural), ("insured_months", insured_months),

@@ -12,14 +12,17 @@ from dataclasses import replace
 from datetime import date
 from enum import Enum
 
+from shared.contract.vocabulary import Category, PayeeKind, ReviewDecision, TrainingType
+
 from .cases import (
-    ANNUAL_LIMIT,
     Case,
+    annual_limit_reached,
     facts_text,
     in_hire_window,
     payee_of,
     program_years,
     rejection_text,
+    slot_held,
     slot_of,
 )
 from .facts import (
@@ -30,11 +33,9 @@ from .facts import (
     EnrollmentFlagged,
     EnrollmentWithdrawn,
     Fact,
-    FactError,
     HoldReviewed,
     TrainingCompleted,
     WorkMonthAccepted,
-    fact_from_event,
 )
 from .outputs import (
     Basis,
@@ -72,12 +73,11 @@ from .state import (
 )
 
 __all__ = [
-    "BudgetLedger", "BudgetThresholdReached", "Fact", "FactError", "Output", "PendingItem",
+    "BudgetLedger", "BudgetThresholdReached", "Fact", "Output", "PendingItem",
     "PersonState", "SubsidyGranted", "SubsidyHeld", "SubsidyRejected", "SubsidyReversed", "decide",
-    "fact_from_event", "grants", "live_grants", "pending_items", "rejections", "reversals",
+    "grants", "live_grants", "pending_items", "rejections", "reversals",
 ]
 
-PENSION_ELIGIBLE = "pension_eligible"
 SCOPED_KINDS = (RuleKind.PER_DAY, RuleKind.TOPUP_PERCENT)
 SCOPE_REASONS = (RejectionReason.PENSION_ELIGIBLE, RejectionReason.INELIGIBLE_CATEGORY)
 
@@ -287,7 +287,7 @@ class _Run:
         self.state.log_fact(fact)
         review = (f"integrity review {fact.review_id} by {fact.reviewer} on "
                   f"{fact.reviewed_on}")
-        if fact.decision == "release":
+        if fact.decision == ReviewDecision.RELEASE:
             self._release(grant, fact, review)
         else:
             self._end_hold(grant, HoldStatus.DENIED, RejectionReason.INTEGRITY_DENIED,
@@ -347,7 +347,7 @@ class _Run:
         course = accepted.course
         policy = self.policies.for_date(accepted.agency, accepted.accepted_on)
         if (policy is None or not policy.advance_rate_bp or not course.project_based
-                or course.training_type == "apprenticeship"):
+                or course.training_type == TrainingType.APPRENTICESHIP):
             return
         sector = accepted.employer.sector if accepted.employer else None
         main = next((r for r in policy.rules
@@ -413,7 +413,7 @@ class _Run:
         """The first failing check, in POLICY §5's order."""
         rule, accepted = case.rule, case.accepted
         counted = rule.counts_toward_annual_limit and mode is not Mode.SETTLEMENT
-        if case.policy.excludes_pension_eligible and PENSION_ELIGIBLE in accepted.categories:
+        if case.policy.excludes_pension_eligible and Category.PENSION_ELIGIBLE in accepted.categories:
             return RejectionReason.PENSION_ELIGIBLE
         if (case.certificate is not None and rule.certificate_kinds
                 and case.certificate.certificate_kind not in rule.certificate_kinds):
@@ -435,11 +435,11 @@ class _Run:
                and g.event.basis.enrollment_ref == case.enrollment.ref
                and g.event.basis.month == case.basis.month for g in live):
             return RejectionReason.DUPLICATE_PROJECT
-        if counted and any(g.slot == slot_of(case) for g in live):
+        if counted and slot_held(live, slot_of(case)):
             return RejectionReason.DUPLICATE_OCCUPATION_LEVEL
         if self._not_stackable(case, live):
             return RejectionReason.NOT_STACKABLE
-        if counted and sum(g.counted_year == case.basis_date.year for g in live) >= ANNUAL_LIMIT:
+        if counted and annual_limit_reached(live, case.basis_date.year):
             return RejectionReason.ANNUAL_LIMIT
         year = case.basis_date.year
         if not self.budgets.fits(case.policy.agency, rule.fund, year, cost,
@@ -464,7 +464,7 @@ class _Run:
         if rule.employer_sectors and (employer is None or employer.sector not in rule.employer_sectors):
             return False
         if rule.fee_payers and (accepted.fee.payer not in rule.fee_payers
-                                or (accepted.fee.payer == "employer" and employer is None)):
+                                or accepted.fee.payer == PayeeKind.EMPLOYER and employer is None):
             return False
         if (rule.certified_on_or_after is not None and case.certificate is not None
                 and case.certificate.issued_on < rule.certified_on_or_after):
@@ -491,7 +491,7 @@ class _Run:
             payee = payee_of(case)
             assert payee is not None
         else:
-            payee = ("institution", case.accepted.institution_id)
+            payee = (PayeeKind.INSTITUTION, case.accepted.institution_id)
         holds_slots = rule.counts_toward_annual_limit and stage is not Stage.SETTLEMENT
         assumed = " (assumed amount)" if computed.assumed else ""
         explanation = (

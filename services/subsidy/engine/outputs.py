@@ -1,4 +1,5 @@
-"""The subsidy service's output events (EVENTS.md §5.3) with deterministic, replay-stable ids."""
+"""The engine's decisions, the subsidy service's output events (EVENTS.md §5.3), with deterministic,
+replay-stable ids. services.subsidy.contract turns each into its contract model for publishing."""
 
 from __future__ import annotations
 
@@ -51,9 +52,6 @@ class PolicyRef:
     version: str
     hash: str
 
-    def to_payload(self) -> dict[str, Any]:
-        return {"agency": self.agency, "version": self.version, "hash": self.hash}
-
 
 def grant_id_for(agency: str, rule: str, stage: Stage, basis: Basis) -> str:
     return "g_" + digest(agency, rule, stage.value, basis.to_payload())[:24]
@@ -84,22 +82,6 @@ class SubsidyGranted:
     def key(self) -> str:
         return self.person_id
 
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "grant_id": self.grant_id,
-            "person_id": self.person_id,
-            "agency": self.agency,
-            "subsidy_type": self.subsidy_type,
-            "stage": self.stage.value,
-            "amount_fen": self.amount_fen,
-            "payee": {"kind": self.payee_kind, "id": self.payee_id},
-            "fund": self.fund,
-            "policy": self.policy.to_payload(),
-            "rule": self.rule,
-            "basis": self.basis.to_payload(),
-            "explanation": self.explanation,
-        }
-
 
 @dataclass(frozen=True)
 class SubsidyRejected:
@@ -127,19 +109,6 @@ class SubsidyRejected:
     def key(self) -> str:
         return self.person_id
 
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "person_id": self.person_id,
-            "agency": self.agency,
-            "subsidy_type": self.subsidy_type,
-            "rule": self.rule,
-            "basis": self.basis.to_payload(),
-            "reason": self.reason.value,
-            "explanation": self.explanation,
-            "policy": self.policy.to_payload(),
-            **({"grant_id": self.grant_id} if self.grant_id is not None else {}),
-        }
-
 
 @dataclass(frozen=True)
 class SubsidyReversed:
@@ -159,17 +128,6 @@ class SubsidyReversed:
     @property
     def key(self) -> str:
         return self.person_id
-
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "grant_id": self.grant_id,
-            "person_id": self.person_id,
-            "agency": self.agency,
-            "amount_fen": self.amount_fen,
-            "reason": self.reason.value,
-            "explanation": self.explanation,
-            "rule": self.rule,
-        }
 
 
 @dataclass(frozen=True)
@@ -196,13 +154,6 @@ class SubsidyHeld:
     def agency(self) -> str:
         return self.grant.agency
 
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            **self.grant.to_payload(),
-            "hold": {"checks": list(self.checks), "enrollment_ref": self.enrollment_ref,
-                     "held_on": self.held_on.isoformat()},
-        }
-
 
 THRESHOLDS_BP = (8000, 9000, 10000)
 
@@ -224,19 +175,6 @@ class BudgetThresholdReached:
     @property
     def key(self) -> str:
         return f"budget:{self.agency}:{self.fund}:{self.year}"
-
-    def to_payload(self) -> dict[str, Any]:
-        # The contract's `threshold` is a JSON number (0.8, 0.9, 1.0); it is a ratio, not money,
-        # and it is exact in basis points alongside.
-        return {
-            "agency": self.agency,
-            "fund": self.fund,
-            "year": self.year,
-            "budget_fen": self.budget_fen,
-            "committed_fen": self.committed_fen,
-            "threshold": self.threshold_bp / 10_000,
-            "threshold_bp": self.threshold_bp,
-        }
 
 
 Output = SubsidyGranted | SubsidyHeld | SubsidyRejected | SubsidyReversed | BudgetThresholdReached

@@ -3,8 +3,11 @@ payee, occupation slot, hire window, and the clerk-readable wording of the facts
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+
+from shared.contract.vocabulary import PayeeKind
 
 from .facts import CertificateIssued, EnrollmentAccepted
 from .outputs import Basis, RejectionReason
@@ -13,6 +16,17 @@ from .rules import Computed, cny
 from .state import Enrollment, EnrollmentStatus, Grant
 
 ANNUAL_LIMIT = 3  # POLICY §3.1: at most 3 counted grants per person per calendar year
+
+
+def annual_limit_reached(live: Iterable[Grant], year: int) -> bool:
+    """POLICY §3.1: the live grants already count ANNUAL_LIMIT in ``year`` (one rule for the
+    engine's decisions and for policy corrections)."""
+    return sum(g.counted_year == year for g in live) >= ANNUAL_LIMIT
+
+
+def slot_held(live: Iterable[Grant], slot: str) -> bool:
+    """POLICY §5 "Slots": a live grant already holds this occupation slot."""
+    return any(g.slot == slot for g in live)
 
 
 @dataclass(frozen=True)
@@ -44,11 +58,11 @@ def payee_of(case: Case) -> tuple[str, str] | None:
     kind = case.rule.payee.value
     if case.rule.payee is PayeeRule.FEE_PAYER:
         kind = accepted.fee.payer
-    if kind == "person":
-        return ("person", accepted.person_id)
-    if kind == "institution":
-        return ("institution", accepted.institution_id)
-    return ("employer", accepted.employer.id) if accepted.employer else None
+    if kind == PayeeKind.PERSON:
+        return (PayeeKind.PERSON, accepted.person_id)
+    if kind == PayeeKind.INSTITUTION:
+        return (PayeeKind.INSTITUTION, accepted.institution_id)
+    return (PayeeKind.EMPLOYER, accepted.employer.id) if accepted.employer else None
 
 
 def slot_of(case: Case) -> str:

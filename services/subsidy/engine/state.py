@@ -1,22 +1,16 @@
-"""What the engine remembers between facts: per-person state and shared fund ledgers, as JSON.
+"""What the engine remembers between facts: per-person state and shared fund ledgers.
 
 `PersonState` and `BudgetLedger` are the only mutable objects of the engine: `decide` updates
-them in place (and returns the state), the caller persists `to_json()` after each batch.
+them in place (and returns the state), the caller persists them after each batch (as JSON,
+through the one serialiser outside the engine: services.subsidy.state_codec).
 """
 
 from __future__ import annotations
 
-import functools
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
-from enum import Enum, StrEnum
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import msgspec
-import orjson
+from enum import StrEnum
+from typing import Any
 
 from .facts import (
     AssessmentResult,
@@ -38,70 +32,6 @@ from .outputs import (
     SubsidyRejected,
     SubsidyReversed,
 )
-
-
-@functools.cache
-def _state_decoder() -> msgspec.json.Decoder[PersonState]:
-    return msgspec.json.Decoder(PersonState)
-
-
-def encode(value: Any) -> Any:
-    """A dataclass tree as plain JSON values (dates as ISO strings, enums as their values)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): encode(v) for k, v in value.items()}
-    return value
-
-
-def decode(tp: Any, raw: Any) -> Any:
-    """The inverse of `encode`, driven by the type annotations."""
-    return _decoder(tp)(raw)
-
-
-@functools.cache
-def _decoder(tp: Any) -> Callable[[Any], Any]:
-    """A decoding function per type, built once: states are decoded for every batch and every
-    what-if, and reading annotations per value would dominate the cost."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        decode_inner = _decoder(inner)
-        return lambda raw: None if raw is None else decode_inner(raw)
-    if origin is tuple:
-        item = _decoder(get_args(tp)[0])
-        return lambda raw: tuple(item(v) for v in raw)
-    if origin is list:
-        item = _decoder(get_args(tp)[0])
-        return lambda raw: [item(v) for v in raw]
-    if origin is dict:
-        key, value = (_decoder(a) for a in get_args(tp))
-        return lambda raw: {key(k): value(v) for k, v in raw.items()}
-    if tp is date:
-        return date.fromisoformat
-    if tp is int:
-        return lambda raw: int(raw) if isinstance(raw, str) else raw
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp
-    if isinstance(tp, type) and is_dataclass(tp):
-        hints = get_type_hints(tp)
-        parts = [(f.name, _decoder(hints[f.name])) for f in fields(tp) if f.init]
-
-        def build(raw: Any) -> Any:
-            return tp(**{name: part(raw[name]) for name, part in parts if name in raw})
-
-        return build
-    return _same
-
-
-def _same(raw: Any) -> Any:
-    return raw
 
 
 class EnrollmentStatus(StrEnum):
@@ -216,26 +146,6 @@ class PersonState:
     @classmethod
     def empty(cls, person_id: str) -> PersonState:
         return cls(person_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return typing.cast(dict[str, Any], encode(self))
-
-    def to_json_text(self) -> str:
-        """The same JSON as ``to_json``, serialised natively by orjson: dataclasses, dates and
-        enums map exactly as ``encode`` maps them (a unit test holds the two equal), at a
-        fraction of the cost on the subsidy service's hot path."""
-        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS).decode()
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> PersonState:
-        return typing.cast(PersonState, decode(cls, raw))
-
-    @classmethod
-    def from_json_text(cls, text: str | bytes) -> PersonState:
-        """``to_json_text``'s inverse, decoded by msgspec straight into the dataclasses: the
-        same objects as ``from_json(orjson.loads(text))`` (a unit test holds them equal), about
-        five times faster, which matters because every batch loads its persons' states."""
-        return _state_decoder().decode(text)
 
     def live_grants(self) -> list[Grant]:
         return [g for g in self.grant_log if g.live]
@@ -421,10 +331,3 @@ class BudgetLedger:
         self.funds[self._key(agency, fund, year)] = replace(
             entry, committed_fen=entry.committed_fen - amount_fen
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return typing.cast(dict[str, Any], encode(self))
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> BudgetLedger:
-        return typing.cast(BudgetLedger, decode(cls, raw))
