@@ -16,6 +16,7 @@ import gzip
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -38,7 +39,7 @@ SOURCES = {topics.ENROLLMENT_EVENTS: "/services/enrollment",
            topics.ASSESSMENT_EVENTS: "/services/assessment"}
 
 
-def _incoming(topic: str, offset: int, type: str, data: dict, *, id: str, source: str,
+def _incoming(topic: str, offset: int, type: str, data: dict[str, Any], *, id: str, source: str,
               subject: str, agency: str, time: str) -> Incoming:
     value = envelope.encode_raw(type, data, id=id, source=source, subject=subject,
                                 agencyid=agency, time=time)
@@ -51,7 +52,7 @@ def inputs(persons: int = 1000, seed: int = 2217) -> list[Incoming]:
     pop = simulate(persons, seed)
     enrollment = expected_enrollment_events(pop)
     assessment = expected_assessment_events(pop, enrollment)
-    items = []
+    items: list[Incoming] = []
     for topic, expected in ((topics.ENROLLMENT_EVENTS, enrollment),
                             (topics.ASSESSMENT_EVENTS, assessment)):
         for o in expected.events:

@@ -22,7 +22,15 @@ from starlette.routing import BaseRoute, Route
 from shared.runtime import auth
 from services.subsidy import budgets, contract, state_codec
 from services.subsidy.engine.policy import PolicySet
-from services.subsidy.engine.state import BudgetLedger, PersonState, grants, live_grants, pending_items, rejections, reversals
+from services.subsidy.engine.state import (
+    BudgetLedger,
+    PersonState,
+    grants,
+    live_grants,
+    pending_items,
+    rejections,
+    reversals,
+)
 
 LEDGER_COLUMNS = (
     "decided_on", "event_type", "event_id", "person_id", "rule", "stage", "reason",

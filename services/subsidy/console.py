@@ -25,14 +25,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
-from services.subsidy import holds, state_codec
 from services.subsidy import budgets as budget_rows
+from services.subsidy import holds, state_codec
 from services.subsidy.api import _budgets
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.policy import PolicySet
-from services.subsidy.reviews import audit, hold_views
 from services.subsidy.engine.rules import cny
 from services.subsidy.engine.state import HoldStatus, PersonState
+from services.subsidy.reviews import audit, hold_views
 
 COOKIE = "skills_console"
 HEADERS = {

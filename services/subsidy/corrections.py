@@ -33,9 +33,10 @@ from shared.contract import topics
 from shared.contract.vocabulary import RejectionReason
 from shared.runtime import db
 from shared.runtime.outbox import Outbox
+
 from . import budgets, contract, state_codec
-from .engine.cases import ANNUAL_LIMIT, annual_limit_reached, slot_held
 from .config import SubsidySettings
+from .engine.cases import ANNUAL_LIMIT, annual_limit_reached, slot_held
 from .engine.outputs import SUBSIDY, ReversalReason, digest
 from .engine.policy import Policy, PolicyError, PolicySet
 from .engine.replay import GrantChange, compare, replay_person, unlogged
@@ -347,7 +348,7 @@ async def _record(conn: asyncpg.Connection, planned: list[Correction],
         *zip(*[(c.event_id, "granted" if c.event_type == GRANTED else "reversed",
                 c.change.person_id, c.change.grant.event.agency, c.change.grant.event.rule,
                 c.change.grant.grant_id, c.signed_fen, version.version, version.content_hash,
-                scope.start, scope.end) for c in planned]))}
+                scope.start, scope.end) for c in planned], strict=True))}
     if len(fresh) != len(planned):
         # The states say these differences are open, the record says they were paid: refuse
         # rather than pay twice; nothing of this chunk is written.

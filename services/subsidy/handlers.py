@@ -23,8 +23,8 @@ from shared.runtime.consumer import Handler, Incoming
 from shared.runtime.outbox import Outbox
 from services.subsidy import budgets, contract, holds, metrics, state_codec
 from services.subsidy.config import SubsidySettings
-from services.subsidy.engine.domain import decide
 from services.subsidy.contract import FactError
+from services.subsidy.engine.domain import decide
 from services.subsidy.engine.facts import Fact, HoldReviewed
 from services.subsidy.engine.outputs import (
     Output,

@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.subsidy.engine.state import PendingKind
 from shared.runtime.settings import ServiceSettings
+from services.subsidy.engine.state import PendingKind
 
 GRANTS = Counter("subsidy_grants_total", "Grants published", ["agency", "rule", "fund"])
 GRANTED_FEN = Counter("subsidy_granted_fen_total", "Money granted, in fen", ["agency", "rule", "fund"])

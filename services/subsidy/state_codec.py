@@ -9,7 +9,7 @@ every batch does for every person it touches.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -36,6 +36,10 @@ def to_builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-def from_builtins(raw: Any, type: type[T] = PersonState) -> T:  # type: ignore[assignment]
+@overload
+def from_builtins(raw: Any) -> PersonState: ...
+@overload
+def from_builtins(raw: Any, type: type[T]) -> T: ...
+def from_builtins(raw: Any, type: type[Any] = PersonState) -> Any:
     """``to_builtins``'s inverse, into ``type`` (a person's state unless told)."""
     return msgspec.convert(raw, type)

@@ -34,10 +34,10 @@ import orjson
 from . import budgets, state_codec
 from .config import SubsidySettings
 from .engine.policy import Policy, PolicyError, PolicySet
-from .policy_files import load_policy_dir, load_policy_file
 from .engine.replay import ChangeKind, GrantChange, compare, replay_person, unlogged
 from .engine.rules import cny
 from .engine.state import BudgetLedger, PersonState
+from .policy_files import load_policy_dir, load_policy_file
 
 CHUNK = 500
 

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.contract import topics
+from shared.runtime import logs
 from services.subsidy import state_codec
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.state import PendingKind
-from shared.contract import topics
-from shared.runtime import logs
 from tests.harness import ROOT, Producer, ServiceProcess, Stack, wait_for
 from tools.simulate import simulate
 

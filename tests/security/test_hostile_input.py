@@ -16,10 +16,10 @@ from shared.contract.envelope import MAX_RECORD_BYTES, CloudEvent, DecodeError, 
 from shared.contract.identity import normalise_national_id, person_id
 from services.assessment import domain as assessment
 from services.subsidy.contract import FactError, fact_of
-from services.subsidy.engine.policy import PolicyError
-from services.subsidy.policy_files import load_policy_dir, parse_policy
 from services.subsidy.engine.domain import decide
+from services.subsidy.engine.policy import PolicyError
 from services.subsidy.engine.state import BudgetLedger, PersonState
+from services.subsidy.policy_files import load_policy_dir, parse_policy
 from tests import builders as b
 from tests.harness import ROOT
 

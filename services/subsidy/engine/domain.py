@@ -464,7 +464,7 @@ class _Run:
         if rule.employer_sectors and (employer is None or employer.sector not in rule.employer_sectors):
             return False
         if rule.fee_payers and (accepted.fee.payer not in rule.fee_payers
-                                or accepted.fee.payer == PayeeKind.EMPLOYER and employer is None):
+                                or (accepted.fee.payer == PayeeKind.EMPLOYER and employer is None)):
             return False
         if (rule.certified_on_or_after is not None and case.certificate is not None
                 and case.certificate.issued_on < rule.certified_on_or_after):

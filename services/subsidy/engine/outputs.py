@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, ClassVar
 
-from shared.contract.vocabulary import RejectionReason, ReversalReason, SubsidyStage
+# The reasons are re-exported: the engine's modules name them through the outputs.
+from shared.contract.vocabulary import RejectionReason as RejectionReason
+from shared.contract.vocabulary import ReversalReason as ReversalReason
+from shared.contract.vocabulary import SubsidyStage
 
 SUBSIDY = "skills.subsidy."
 

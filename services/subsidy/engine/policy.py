@@ -138,7 +138,7 @@ class PolicySet:
             grouped.setdefault(policy.agency, []).append(policy)
         for versions in grouped.values():
             versions.sort(key=lambda p: p.valid_from)
-            for earlier, later in zip(versions, versions[1:]):
+            for earlier, later in zip(versions, versions[1:], strict=False):
                 _check_adjacent(earlier, later)
         return cls({agency: tuple(v) for agency, v in grouped.items()})
 

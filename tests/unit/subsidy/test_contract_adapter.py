@@ -17,6 +17,7 @@ from services.subsidy import contract
 from services.subsidy.engine import facts as f
 from services.subsidy.engine.outputs import (
     BudgetThresholdReached,
+    Output,
     SubsidyGranted,
     SubsidyHeld,
     SubsidyRejected,
@@ -55,7 +56,7 @@ def test_the_vocabulary_is_standard_library_only() -> None:
     assert {n for n in _imports(path) if n.split(".")[0] not in sys.stdlib_module_names} == set()
 
 
-def _outputs() -> list[object]:
+def _outputs() -> list[Output]:
     """Every kind of output the engine makes, for a person id the contract accepts."""
     w = World()
     ref = w.enroll("beijing", person=PID, insured_months=12, employer=employer(hardship=True))

@@ -10,9 +10,9 @@ from pathlib import Path
 from services.subsidy import contract, state_codec
 from services.subsidy.engine.domain import SubsidyGranted, SubsidyHeld, SubsidyRejected
 from services.subsidy.engine.policy import PolicySet
-from services.subsidy.policy_files import load_policy_file
 from services.subsidy.engine.replay import replay_person
 from services.subsidy.engine.state import HoldStatus
+from services.subsidy.policy_files import load_policy_file
 
 from .world import POLICY_DIR, World, employer, summary
 

@@ -9,8 +9,8 @@ from typing import Any
 from services.subsidy import contract
 from services.subsidy.engine.domain import BudgetThresholdReached, SubsidyGranted, pending_items
 from services.subsidy.engine.policy import PolicySet
-from services.subsidy.policy_files import load_policy_file
 from services.subsidy.engine.state import PendingKind
+from services.subsidy.policy_files import load_policy_file
 
 from .world import POLICY_DIR, World, employer, summary
 

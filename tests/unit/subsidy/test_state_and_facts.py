@@ -40,7 +40,7 @@ def test_rejected_enrollments_are_ignored_and_payloads_without_a_fact_refused() 
     rejected = ev.EnrollmentRejected(enrollment_ref="E1", reason="invalid_national_id")
     assert fact_from_model(rejected, "suqian", at) is None
     with pytest.raises(FactError):
-        fact_from_model(ev.Fee(amount_fen=1, payer="person"), "suqian", at)  # type: ignore[arg-type]
+        fact_from_model(ev.Fee(amount_fen=1, payer="person"), "suqian", at)
 
 
 def test_state_and_ledger_round_trip_losslessly_through_json() -> None:

@@ -17,8 +17,8 @@ from services.subsidy import contract, state_codec
 from services.subsidy.corrections import GRANTED, PUBLISHED, REVERSED, Correction, correct_person
 from services.subsidy.engine.domain import BudgetLedger, PersonState
 from services.subsidy.engine.policy import Policy
-from services.subsidy.policy_files import load_policy_file
 from services.subsidy.engine.replay import compare, replay, replay_person, unlogged
+from services.subsidy.policy_files import load_policy_file
 from services.subsidy.whatif import Scope, WhatIf
 
 from .test_properties import _script, courses

@@ -8,6 +8,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from shared.contract.events import TOPIC_TYPES
+from services.subsidy.contract import fact_from_model
 from services.subsidy.engine.domain import (
     BudgetLedger,
     BudgetThresholdReached,
@@ -20,8 +22,6 @@ from services.subsidy.engine.domain import (
     SubsidyReversed,
     decide,
 )
-from services.subsidy.contract import fact_from_model
-from shared.contract.events import TOPIC_TYPES
 from services.subsidy.engine.policy import PolicySet
 from services.subsidy.policy_files import load_policy_dir
 
