@@ -490,6 +490,7 @@ def create_service_app(
     come up in the app's lifespan."""
     tokens = check_settings(settings)
     crypto.configure(crypto.Keyring.of(settings.data_keys))  # seals dead letters, parked records
+    metrics.identify(definition.name)  # also when an ASGI server imports the factory
     kafka = kafka_security(settings)
     runtime = Runtime(settings)
     inputs = [settings.topic(t) for t in definition.topics]
