@@ -22,7 +22,7 @@ source, faststream/kafka/parser.py, middlewares/acknowledgement):
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 from aiokafka import ConsumerRecord
 from faststream.asgi import AsgiFastStream
@@ -120,7 +120,7 @@ def subscribe_batches(
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
         group_id=group_id,
-        auto_offset_reset=auto_offset_reset,  # type: ignore[arg-type]
+        auto_offset_reset=cast(Literal["latest", "earliest", "none"], auto_offset_reset),
         # Partition p of every input topic on one member: one owner per person (assignor.py).
         partition_assignment_strategy=tuple(assignors),
         max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -184,7 +184,7 @@ def http_app(
         """This document."""
         return JSONResponse(document)
 
-    base = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    base: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if metrics_here:
         base.append(Route("/metrics", metrics_endpoint(runtime)))
     base.append(Route("/openapi.json", openapi))
@@ -655,15 +655,18 @@ async def serve(app: faststream_app.ServiceApp, settings: ServiceSettings) -> No
             metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,
             log_level="warning", access_log=False, lifespan="off",
         )))
-    for server in servers:
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours above
+    # uvicorn catches SIGTERM/SIGINT while it serves, stops, and raises the signal again for
+    # the handler above: either way the service stops below.
     http = [asyncio.create_task(server.serve(), name="http") for server in servers]
-    for task in http:
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                               or runtime.failed.set())
     waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(runtime.failed.wait())]
     await asyncio.wait([*waits, *http], return_when=asyncio.FIRST_COMPLETED)
-    failed = runtime.failed.is_set() or any(t.done() for t in http)
+    failed = runtime.failed.is_set() or any(
+        t.done() and not t.cancelled() and t.exception() is not None for t in http
+    )
+    if failed:
+        for task in http:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("task failed", exc_info=task.exception(), extra={"task": "http"})
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*http, return_exceptions=True)
