@@ -673,6 +673,8 @@ async def serve(app: faststream_app.ServiceApp, settings: ServiceSettings) -> No
     for wait in waits:
         wait.cancel()
     await app.stop()  # on_shutdown (last batch, last commit), the broker, after_shutdown
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
     if failed:
         # A supervisor (systemd, Kubernetes, make up's operator) must see a failure and restart.
         raise SystemExit(1)
