@@ -13,7 +13,8 @@ import orjson
 
 from shared.contract import topics
 from shared.runtime.consumer import Handler
-from shared.runtime.service import ServiceDefinition
+from shared.runtime.faststream_app import ServiceApp
+from shared.runtime.service import ServiceDefinition, create_service_app
 from services.subsidy import api, console, handlers, metrics, reviews
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.policy import Policy, PolicySet
@@ -85,6 +86,7 @@ DEFINITION = ServiceDefinition(
     directory=Path(__file__).parent,
     # Reviews of held grants are facts too, read in broker time order with the others.
     topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
+    outputs=(topics.SUBSIDY_EVENTS, topics.SUBSIDY_REVIEWS),
     handler=build_handler,  # type: ignore[arg-type]  # called with SubsidySettings (cli below)
     routes=lambda pool, settings: (
         api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]  # a SubsidySettings
@@ -95,3 +97,13 @@ DEFINITION = ServiceDefinition(
     on_start=record_policy_loads,  # type: ignore[arg-type]  # called with SubsidySettings
     openapi=api.OPENAPI,
 )
+
+
+def create_app(settings: SubsidySettings | None = None, **overrides: object) -> ServiceApp:
+    """The subsidy service as a FastStream app (settings from the environment when None, then
+    ``overrides`` applied): ``python -m services.subsidy run`` serves it, and so does
+    ``faststream run services.subsidy.app:create_app --factory``."""
+    settings = settings or SubsidySettings()
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return create_service_app(DEFINITION, settings)

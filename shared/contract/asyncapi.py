@@ -1,38 +1,28 @@
-"""AsyncAPI document of the contract, generated from the code with FastStream's schema builder.
+"""The AsyncAPI document of the contract, generated from the services' real FastStream brokers.
 
-No `from __future__ import annotations` here: FastStream reads the handler annotations as objects.
-
-``python -m shared.contract.asyncapi docs/asyncapi.json`` (``make asyncapi``). Every channel is
-a contract topic; its messages are the payload models of ``events.TOPIC_TYPES`` (the ``data``
-of the CloudEvents envelope, described once in the document's description).
+``python -m shared.contract.asyncapi docs/asyncapi.json`` (``make asyncapi``). Each service
+declares, on its broker (shared.runtime.service.declare_broker), its batch subscriber over its
+input topics and a publisher per output topic and for its DLQ, with the payload models of
+``events.TOPIC_TYPES`` (the ``data`` of the CloudEvents envelope, described once in the
+document's description); each service serves its own document on ``/asyncapi.json`` and
+``/asyncapi``. This file joins the three brokers into one document.
 """
 
+from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterable
 from functools import reduce
 from operator import or_
 from pathlib import Path
 from typing import Any
 
-from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from shared.contract import topics
 from shared.contract.events import TOPIC_TYPES
 
-CONSUMED_BY = {
-    topics.TRAINING_UPSTREAM: "enrollment service",
-    topics.ASSESSMENT_UPSTREAM: "assessment service",
-    topics.ENROLLMENT_EVENTS: "assessment and subsidy services",
-    topics.ASSESSMENT_EVENTS: "subsidy service",
-    topics.SUBSIDY_REVIEWS: "subsidy service (its own command topic)",
-}
-PUBLISHED_BY = {
-    topics.ENROLLMENT_EVENTS: "enrollment service",
-    topics.ASSESSMENT_EVENTS: "assessment service",
-    topics.SUBSIDY_EVENTS: "subsidy service",
-    topics.SUBSIDY_REVIEWS: "subsidy service's review API",
-}
+SERVICES = ("enrollment", "assessment", "subsidy")
 ENVELOPE = (
     "Every record value is a CloudEvents 1.0 structured-mode JSON object (content-type "
     "application/cloudevents+json) with specversion, id, source, type, time, subject (the Kafka "
@@ -41,26 +31,33 @@ ENVELOPE = (
 )
 
 
-def build() -> AsyncAPI:
-    broker = KafkaBroker()
-    for topic, types in TOPIC_TYPES.items():
-        payload: Any = reduce(or_, types.values())
-        names = ", ".join(t.split(".")[-2] for t in types)
-        if topic in CONSUMED_BY:
-            async def consume(message: payload) -> None:
-                """Documentation only: the services consume with shared.runtime.consumer."""
+def payload_of(names: Iterable[str]) -> Any:
+    """The union of the payload models the contract topics ``names`` carry."""
+    return reduce(or_, (model for name in names for model in TOPIC_TYPES[name].values()))
 
-            broker.subscriber(
-                topic, title=f"{topic}:consume",
-                description=f"{names}; consumed by the {CONSUMED_BY[topic]}",
-            )(consume)
-        if topic in PUBLISHED_BY:
-            broker.publisher(
-                topic, title=f"{topic}:publish", schema=payload,
-                description=f"{names}; published by the {PUBLISHED_BY[topic]}",
-            )
+
+def build() -> AsyncAPI:
+    """One document over the three services' brokers, declared as the running services declare
+    them (topic names without TOPIC_PREFIX). The services are found by name: the contract does
+    not import them."""
+    from shared.runtime.service import declare_broker, settings_class
+
+    async def documentation_only(records: Any) -> None:
+        raise AssertionError("a documentation broker is never started")
+
+    brokers = []
+    for name in SERVICES:
+        definition = importlib.import_module(f"services.{name}.app").DEFINITION
+        cls = settings_class(name)
+        # The document is the contract's, not one deployment's: no prefix, the default cluster.
+        settings = cls().model_copy(update={
+            "topic_prefix": "",
+            "kafka_bootstrap_servers": cls.model_fields["kafka_bootstrap_servers"].default,
+        })
+        broker, _ = declare_broker(definition, settings, documentation_only)
+        brokers.append(broker)
     return AsyncAPI(
-        broker, title="Skills-training subsidies: event contract v1", version="1.0.0",
+        *brokers, title="Skills-training subsidies: event contract v1", version="1.0.0",
         description=ENVELOPE,
     )
 

@@ -1,4 +1,7 @@
-"""The batch consumer: decode, dedupe through the inbox, handle, commit, then commit offsets.
+"""The batch pipeline: decode, dedupe through the inbox, handle, commit, then commit offsets.
+
+FastStream's batch subscriber polls (shared/runtime/faststream_app.py) and hands every poll's
+raw records to :meth:`BatchConsumer.handle`; this module is what happens to them.
 
 One database transaction per Kafka batch holds the inbox rows of the batch's events, the
 handler's state changes and every outgoing record (events and dead letters, via the outbox).
@@ -16,6 +19,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -202,12 +207,31 @@ class TimeOrder:
         self.consumer.resume(*self.consumer.paused())
 
 
+def by_partition(records: Sequence[Any]) -> dict[TopicPartition, list[Any]]:
+    """One poll's records (FastStream's batch subscriber chains getmany's partitions into one
+    tuple) grouped back by partition, each in offset order."""
+    batch: dict[TopicPartition, list[Any]] = {}
+    for (topic, partition), run in groupby(records, _topic_partition):
+        batch.setdefault(TopicPartition(topic, partition), []).extend(run)
+    return batch
+
+
+_topic_partition = attrgetter("topic", "partition")
+
+
 class BatchConsumer:
-    """Runs the consume-handle-commit loop for one service."""
+    """The consume-handle-commit pipeline of one service, driven by FastStream.
+
+    The service's batch subscriber (shared/runtime/faststream_app.py) calls :meth:`handle` with
+    the raw records of each non-empty poll; a timer in the app's lifespan calls :meth:`tick`,
+    which does what an empty poll did: release buffered records that became releasable and
+    commit offsets when idle (FastStream does not call a batch handler on an empty poll). Both
+    hold :attr:`lock`, so exactly one of them touches the consumer and the database at a time.
+    """
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: AIOKafkaConsumer | None,
         pool: asyncpg.Pool,
         handler: Handler,
         make_outbox: Callable[[], Outbox],
@@ -219,7 +243,6 @@ class BatchConsumer:
         commit_interval: float = 0.2,
         crash_after_db_commit: bool = False,
     ) -> None:
-        self.consumer = consumer
         self.pool = pool
         self.handler = handler
         self.make_outbox = make_outbox
@@ -234,10 +257,6 @@ class BatchConsumer:
         # Last time the consumer moved on: a slice of records committed, or a poll found nothing
         # waiting. /healthz fails when this is too old (a partition that does not move).
         self.progressed_at = time.monotonic()
-        # Wall-clock time at which every assigned partition was last seen fully processed;
-        # records parked before (this - waiting period) may be given up on (see Sweep).
-        self.caught_up_at = 0.0
-        self.kafka_ok: Callable[[], bool] = lambda: True
         self.next_offsets: dict[TopicPartition, int] = {}
         # Offsets processed (committed to the database) but not yet to Kafka: a commit is a
         # broker round trip, so it is made at most every commit_interval seconds and when idle.
@@ -248,53 +267,113 @@ class BatchConsumer:
         # batches' rows are at or below: a group's committed offset means "processed and
         # published", which other services' pending watermarks rely on (shared/runtime/pending.py).
         self.unpublished: deque[tuple[int, dict[TopicPartition, int]]] = deque()
+        self.lock = asyncio.Lock()
+        self.backoff = 0.2
+        # Set at shutdown (after the last batch) or after a failure: nothing more is processed.
+        self.stopping = False
+        self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        self.polls = 0  # handler calls, so the timer can tell an idle consumer from a busy one
+        self._polls_at_tick = 0
+        self.alive: Callable[[], bool] = lambda: True  # the subscriber's consume task runs
+        self.consumer: AIOKafkaConsumer | None = None
+        self.order: TimeOrder | None = None
+        if consumer is not None:
+            self.attach(consumer)
+
+    def attach(self, consumer: AIOKafkaConsumer, alive: Callable[[], bool] | None = None) -> None:
+        """The subscriber's aiokafka consumer, once the broker has started it."""
+        self.consumer = consumer
+        if alive is not None:
+            self.alive = alive
         # Several input topics: release records in broker time order (see TimeOrder).
         self.order = TimeOrder(consumer) if len(consumer.subscription()) > 1 else None
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        try:
-            await self._run(stopping)
-        finally:
-            await self.commit_offsets()
-
-    async def _run(self, stopping: asyncio.Event) -> None:
-        backoff = 0.2
-        while not stopping.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.timeout_ms, max_records=self.max_records
-            )
+    async def handle(self, records: Sequence[Any]) -> None:
+        """The batch subscriber's handler: one poll's raw records, across partitions."""
+        async with self.lock:
+            if self.stopping or self.consumer is None:
+                return  # shut down or failed: the records stay uncommitted and are read again
+            self.polls += 1
             self.last_poll = time.monotonic()
-            if self.order is not None:
-                await self.order.add(batch)
-                batch = self.order.release(self.max_records)
-            if not batch:
-                await self.commit_offsets()
-                self.healthy = bool(self.consumer.assignment())
-                waiting = self.order is not None and any(self.order.buffers.values())
-                if not waiting:
-                    self.progressed_at = time.monotonic()
-                if self.healthy and self.kafka_ok() and not waiting:
-                    self.caught_up_at = time.time()
-                continue
             try:
-                await self.process(batch)
-            except db.DATABASE_ERRORS as exc:
-                # The database is unreachable or failed (a refusal of the data itself was
-                # isolated in process): rewind to the batch's first offsets and try again after
-                # a bounded backoff. Slices already committed are skipped through the inbox.
-                self.healthy = False
-                log.warning("batch failed, will retry", extra={"error": repr(exc)})
+                batch = by_partition(records)
                 if self.order is not None:
-                    self.order.rewind(batch)
+                    await self.order.add(batch)
+                    batch = self.order.release(self.max_records)
+                if batch:
+                    await self.run(batch)
                 else:
-                    for tp, records in batch.items():
-                        self.consumer.seek(tp, records[0].offset)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.2
-            self.healthy = True
-            await self.commit(batch)
+                    await self.idle()
+            except Exception as exc:
+                self.fail(exc)
+
+    async def tick(self) -> None:
+        """The lifespan timer: what the handler would do on an empty poll, when there was one."""
+        if self.stopping or self.consumer is None or self.lock.locked():
+            return  # a batch is being handled: it commits and releases itself
+        async with self.lock:
+            if self.stopping or self.polls != self._polls_at_tick:
+                self._polls_at_tick = self.polls  # records arrived since the last tick: busy
+                return
+            try:
+                if self.alive():
+                    self.last_poll = time.monotonic()
+                batch: dict[TopicPartition, list[Any]] = {}
+                if self.order is not None:
+                    await self.order.add({})  # notes revocations, new partitions, high watermarks
+                    batch = self.order.release(self.max_records)
+                if batch:
+                    await self.run(batch)
+                else:
+                    await self.idle()
+            except Exception as exc:
+                self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Anything but a database error is a bug or a lost broker: stop taking records (the
+        failed batch's offsets are never committed) and let the host exit non-zero."""
+        self.stopping = True
+        log.error("batch handling failed", exc_info=exc)
+        self.on_failure(exc)
+
+    async def run(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        try:
+            await self.process(batch)
+        except db.DATABASE_ERRORS as exc:
+            # The database is unreachable or failed (a refusal of the data itself was
+            # isolated in process): rewind to the batch's first offsets and try again after
+            # a bounded backoff. Slices already committed are skipped through the inbox.
+            # (Not FastStream's nack(): it seeks without a backoff and without the buffers.)
+            self.healthy = False
+            log.warning("batch failed, will retry", extra={"error": repr(exc)})
+            assert self.consumer is not None
+            if self.order is not None:
+                self.order.rewind(batch)
+            else:
+                for tp, records in batch.items():
+                    self.consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(self.backoff)
+            self.backoff = min(self.backoff * 2, 5.0)
+            return
+        self.backoff = 0.2
+        self.healthy = True
+        await self.commit(batch)
+
+    async def idle(self) -> None:
+        """Nothing to handle right now: commit what the relay has published."""
+        assert self.consumer is not None
+        await self.commit_offsets()
+        self.healthy = bool(self.consumer.assignment())
+        if not (self.order is not None and any(self.order.buffers.values())):
+            self.progressed_at = time.monotonic()
+
+    async def finish(self) -> None:
+        """At shutdown: wait for the batch in hand, take no more, commit what is published."""
+        async with self.lock:
+            self.stopping = True
+            if self.consumer is not None:
+                self.committed_at = 0.0
+                await self.commit_offsets()
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
@@ -381,6 +460,7 @@ class BatchConsumer:
         ready: dict[TopicPartition, int] = {}
         while self.unpublished and (oldest is None or self.unpublished[0][0] < oldest):
             ready.update(self.unpublished.popleft()[1])
+        assert self.consumer is not None
         assigned = self.consumer.assignment()
         offsets = {tp: o for tp, o in ready.items() if tp in assigned}
         if not offsets:
@@ -393,13 +473,12 @@ class BatchConsumer:
             log.warning("offset commit failed", extra={"error": repr(exc)})
 
     async def commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        fetched_at = time.time()
+        assert self.consumer is not None
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         self.next_offsets.update(offsets)
         self.uncommitted.update(offsets)
         if time.monotonic() - self.committed_at >= self.commit_interval:
             await self.commit_offsets()
-        behind = 0
         for tp in self.consumer.assignment():
             if tp not in self.next_offsets:
                 self.next_offsets[tp] = await self.consumer.position(tp)
@@ -407,7 +486,4 @@ class BatchConsumer:
             if highwater is None:
                 continue
             lag = max(0, highwater - self.next_offsets[tp])
-            behind += lag
             metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-        if behind == 0 and self.kafka_ok():
-            self.caught_up_at = fetched_at

@@ -1,8 +1,11 @@
-"""The service host: wires settings, database, consumer, relay, HTTP and periodic work together.
+"""The service host: each service is a FastStream application (shared/runtime/faststream_app.py)
+wired here from its settings: the broker and its batch subscriber, the database, the outbox
+relay, the probes, sweeps and the commit timer in the app's lifespan, and the HTTP routes.
 
 Each service describes itself with a :class:`ServiceDefinition` (its topics, its batch handler,
-its HTTP routes, its periodic sweep) and is started by :func:`serve` or the ``cli`` entry
-point: ``python -m services.<name> run|migrate``.
+its HTTP routes, its periodic sweep); ``services/<name>/app.py`` builds the app with
+:func:`create_service_app` (``create_app(settings=None, **overrides)``), and the ``cli`` entry
+point runs it: ``python -m services.<name> run|migrate``.
 """
 
 from __future__ import annotations
@@ -24,20 +27,25 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from faststream.kafka import KafkaBroker
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.specification import AsyncAPI
+from faststream.specification.asyncapi.site import get_asyncapi_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.contract import topics
-from shared.runtime import auth, crypto, db, logs, metrics, pending
+from shared.contract.asyncapi import ENVELOPE, payload_of
+from shared.runtime import auth, crypto, db, faststream_app, logs, metrics, pending
 from shared.runtime.assignor import CoPartitionedAssignor
 from shared.runtime.consumer import BatchConsumer, Handler
 from shared.runtime.http import BadRequest, BoundBodies, bad_request, openapi_document
@@ -64,6 +72,9 @@ class ServiceDefinition:
     directory: Path
     topics: tuple[str, ...]
     handler: Callable[[ServiceSettings], Handler]
+    # The contract topics it publishes to (through the outbox), besides its DLQ: the AsyncAPI
+    # document declares a publisher for each.
+    outputs: tuple[str, ...] = ()
     routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
     on_start: OnStart | None = None  # one-off work once the database is reachable
@@ -73,24 +84,27 @@ class ServiceDefinition:
 
 @dataclass
 class Runtime:
-    """The live parts of a running service, for /readyz and shutdown."""
+    """The live parts of a running service, for /healthz, /readyz and shutdown; filled in by the
+    app's lifespan (on_startup creates them, after_startup starts the tasks)."""
 
     settings: ServiceSettings
-    pool: asyncpg.Pool
-    consumer: AIOKafkaConsumer
-    producer: AIOKafkaProducer
-    batches: BatchConsumer
-    relay: Relay
+    pool: asyncpg.Pool | None = None
+    batches: BatchConsumer | None = None
+    relay: Relay | None = None
     db_ok: bool = True
     kafka_ok: bool = True
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: asyncio.Event = field(default_factory=asyncio.Event)  # a task failed: exit non-zero
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
         checks = {
             "database": self.db_ok,
             "kafka": self.kafka_ok,
-            "consumer": self.batches.healthy
+            "consumer": self.batches is not None and self.batches.healthy
             and time.monotonic() - self.batches.last_poll < 30,
-            "relay": self.relay.healthy,
+            "relay": self.relay is not None and self.relay.healthy,
         }
         ok = all(checks.values())
         metrics.READY.set(1 if ok else 0)
@@ -136,6 +150,7 @@ def http_app(
     runtime: Runtime | None, routes: list[BaseRoute], tokens: auth.TokenTable | None = None,
     *, title: str = "service", metrics_here: bool = True, protect_metrics: bool = False,
     described: dict[str, dict[str, Any]] | None = None,
+    asyncapi: AsyncAPI | None = None,
 ) -> Starlette:
     """The service's HTTP app; ``tokens`` None means open (tests of the host alone).
 
@@ -146,7 +161,7 @@ def http_app(
         """Liveness: 503 when the consumer is stalled."""
         # Alive is more than answering: a consumer that has records to handle but has
         # committed nothing for CONSUMER_STALL_SECONDS is stuck, and a restart is the cure.
-        if runtime is not None:
+        if runtime is not None and runtime.batches is not None:
             stalled = runtime.batches.seconds_without_progress()
             if stalled > runtime.settings.consumer_stall_seconds:
                 return JSONResponse(
@@ -155,8 +170,8 @@ def http_app(
                 )
         # in_batch: inside a batch's transaction at this instant (no data; the bench samples it
         # to show replicas of one service working at the same time).
-        return JSONResponse({"status": "ok",
-                             "in_batch": runtime is not None and runtime.batches.in_batch})
+        return JSONResponse({"status": "ok", "in_batch": runtime is not None
+                             and runtime.batches is not None and runtime.batches.in_batch})
 
     async def readyz(request: Request) -> Response:
         """Readiness: database, Kafka, consumer and relay."""
@@ -169,10 +184,12 @@ def http_app(
         """This document."""
         return JSONResponse(document)
 
-    base = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    base: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if metrics_here:
         base.append(Route("/metrics", metrics_endpoint(runtime)))
     base.append(Route("/openapi.json", openapi))
+    if asyncapi is not None:
+        base += asyncapi_routes(asyncapi)
     document = openapi_document(title, base + routes, described)
     return Starlette(
         routes=base + routes,
@@ -184,6 +201,24 @@ def http_app(
         ],
         exception_handlers={auth.Forbidden: auth.forbidden, BadRequest: bad_request},
     )
+
+
+def asyncapi_routes(schema: AsyncAPI) -> list[BaseRoute]:
+    """``/asyncapi.json`` and ``/asyncapi`` (FastStream's HTML viewer): the service's broker,
+    its subscriber and publishers, as the running app declares them."""
+    document = schema.to_specification()
+    jsonable = document.to_jsonable()
+    html = get_asyncapi_html(document, try_it_out_path=None)
+
+    async def asyncapi_json(request: Request) -> Response:
+        """The AsyncAPI document of this service's topics."""
+        return JSONResponse(jsonable)
+
+    async def asyncapi_html(request: Request) -> Response:
+        """The AsyncAPI document, rendered."""
+        return HTMLResponse(html)
+
+    return [Route("/asyncapi.json", asyncapi_json), Route("/asyncapi", asyncapi_html)]
 
 
 def metrics_endpoint(runtime: Runtime | None) -> Callable[[Request], Awaitable[Response]]:
@@ -302,10 +337,10 @@ def database_ssl(settings: ServiceSettings) -> Any:
     return db.ssl_option(settings.database_sslmode, settings.database_sslrootcert)
 
 
-async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
+async def _db_probe(runtime: Runtime, pool: asyncpg.Pool, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
         try:
-            async with runtime.pool.acquire(timeout=2) as conn:
+            async with pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1")
             runtime.db_ok = True
         except (*db.DATABASE_ERRORS, TimeoutError):
@@ -313,14 +348,15 @@ async def _db_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
         await _sleep_unless(stopping, 2.0)
 
 
-async def _kafka_probe(runtime: Runtime, stopping: asyncio.Event) -> None:
+async def _kafka_probe(
+    runtime: Runtime, relay: Relay, own: list[str], stopping: asyncio.Event,
+) -> None:
     """A metadata round trip every 2 s: with the broker gone, getmany just returns nothing,
     which must not read as "healthy and caught up". It asks about the service's own topics
     only: a request naming none is answered with every topic of the cluster."""
-    own = sorted(runtime.consumer.subscription())
     while not stopping.is_set():
         try:
-            client = runtime.relay.producer.client  # the relay may have renewed its producer
+            client = relay.producer.client  # the relay may have renewed its producer
             for topic in own:
                 client.add_topic(topic)  # tracked once; the refresh below names only these
             runtime.kafka_ok = bool(await asyncio.wait_for(client.force_metadata_update(), 3))
@@ -345,6 +381,14 @@ async def _sweeper(
         except db.DATABASE_ERRORS as exc:
             log.warning("sweep failed", extra={"error": repr(exc)})
         await _sleep_unless(stopping, settings.sweep_interval_seconds)
+
+
+async def _commit_timer(batches: BatchConsumer, interval: float, stopping: asyncio.Event) -> None:
+    """FastStream calls the batch handler only with records: this does the empty poll's work
+    (BatchConsumer.tick) once a poll interval has passed without a batch."""
+    while not stopping.is_set():
+        await _sleep_unless(stopping, interval)
+        await batches.tick()
 
 
 async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
@@ -399,18 +443,79 @@ async def ensure_topics(settings: ServiceSettings, partitions: int = 12) -> None
         await admin.close()
 
 
-async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
-    """Run the service until SIGTERM/SIGINT."""
+def declare_broker(
+    definition: ServiceDefinition, settings: ServiceSettings,
+    on_batch: faststream_app.OnBatch, kafka: dict[str, Any] | None = None,
+) -> tuple[KafkaBroker, BatchSubscriber]:
+    """The service's broker: its batch subscriber over its input topics (records to
+    ``on_batch``), a publisher per output topic and one for its DLQ, with the contract's payload
+    models (what the AsyncAPI document shows)."""
+    broker = faststream_app.make_broker(
+        settings.kafka_bootstrap_servers, faststream_app.broker_security(kafka or {}),
+        service=definition.name, description="the Kafka cluster (KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    subscriber = faststream_app.subscribe_batches(
+        broker, [settings.topic(t) for t in definition.topics], on_batch,
+        payload=payload_of(definition.topics),
+        group_id=settings.group_id,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        auto_offset_reset=settings.auto_offset_reset,
+        assignors=(CoPartitionedAssignor,),
+        title=f"{definition.name}:consume",
+        description=f"consumed by the {definition.name} service, one batch per poll across "
+                    "partitions and topics",
+    )
+    for output in definition.outputs:
+        faststream_app.declare_publisher(
+            broker, settings.topic(output), payload_of((output,)),
+            title=f"{output}:{definition.name}:publish",
+            description=f"published by the {definition.name} service (transactional outbox)",
+        )
+    dlq = topics.dlq(definition.name)
+    faststream_app.declare_publisher(
+        broker, settings.topic(dlq), bytes, title=f"{dlq}:publish",
+        description=f"dead letters of the {definition.name} service: the input record "
+                    "untouched, headers error-code, error-detail, original-topic, "
+                    "original-partition, original-offset",
+    )
+    return broker, subscriber
+
+
+def create_service_app(
+    definition: ServiceDefinition, settings: ServiceSettings,
+) -> faststream_app.ServiceApp:
+    """The service as a FastStream application: refuses unusable settings at once, declares the
+    broker, the batch subscriber and the publishers; the database, the relay and the HTTP routes
+    come up in the app's lifespan."""
     tokens = check_settings(settings)
     crypto.configure(crypto.Keyring.of(settings.data_keys))  # seals dead letters, parked records
+    metrics.identify(definition.name)  # also when an ASGI server imports the factory
     kafka = kafka_security(settings)
-    await ensure_topics(settings, settings.topic_partitions)
-    pool = await db.create_pool(settings.database_url, max_size=6, ssl=database_ssl(settings))
-    await db.check_schema(pool, definition.directory)
-    await check_fingerprint(pool, settings)
-    if definition.on_start is not None:
-        await definition.on_start(pool, settings)
+    runtime = Runtime(settings)
+    inputs = [settings.topic(t) for t in definition.topics]
+
+    async def on_batch(records: Sequence[ConsumerRecord]) -> None:
+        batches = runtime.batches
+        assert batches is not None  # created on startup, before the broker starts
+        if batches.consumer is None:
+            # The consumer exists once the subscriber started, which may be before
+            # after_startup ran: reach it through the subscriber on the first batch.
+            batches.attach(subscriber.consumer, alive=consuming)
+        await batches.handle(records)
+
+    def consuming() -> bool:
+        return subscriber.running and any(not t.done() for t in subscriber.tasks)
+
+    broker, subscriber = declare_broker(definition, settings, on_batch, kafka)
+    schema = AsyncAPI(broker, title=f"{definition.name} service", version="1.0.0",
+                      description=ENVELOPE)
+
     def make_producer() -> AIOKafkaProducer:
+        # The relay keeps its own idempotent producer rather than the broker's: it must publish
+        # the outbox in order with acks=all and idempotence, and replace the producer after a
+        # broker outage (fenced sequence numbers, Relay.renew_producer), which FastStream's
+        # shared producer does not offer.
         return AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             enable_idempotence=True,
@@ -421,23 +526,6 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
             **kafka,
         )
 
-    producer = make_producer()
-    consumer = AIOKafkaConsumer(
-        *(settings.topic(t) for t in definition.topics),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.auto_offset_reset,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-        # Partition p of every input topic on one member: one owner per person (assignor.py).
-        partition_assignment_strategy=(CoPartitionedAssignor,),
-        **kafka,
-    )
-    await producer.start()
-    await consumer.start()
-    relay = Relay(pool, producer, settings.relay_batch_size, make_producer)
-
     def make_outbox() -> Outbox:
         return Outbox(
             source=f"/services/{definition.name}",
@@ -445,90 +533,159 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
             dlq_topic=settings.topic(topics.dlq(definition.name)),
         )
 
-    batches = BatchConsumer(
-        consumer, pool, definition.handler(settings), make_outbox, relay,
-        agencies=frozenset(settings.agencies),
-        max_records=settings.batch_max_records,
-        timeout_ms=settings.batch_timeout_ms,
-        commit_interval=settings.commit_interval_ms / 1000,
-        crash_after_db_commit=settings.crash_after_db_commit,
+    async def on_startup() -> None:
+        await ensure_topics(settings, settings.topic_partitions)
+        pool = await db.create_pool(settings.database_url, max_size=6, ssl=database_ssl(settings))
+        runtime.pool = pool
+        runtime.closers.append(pool.close)
+        await db.check_schema(pool, definition.directory)
+        await check_fingerprint(pool, settings)
+        if definition.on_start is not None:
+            await definition.on_start(pool, settings)
+        producer = make_producer()
+        await producer.start()
+        relay = runtime.relay = Relay(pool, producer, settings.relay_batch_size, make_producer)
+        runtime.closers.append(lambda: relay.producer.stop())
+        batches = runtime.batches = BatchConsumer(
+            None, pool, definition.handler(settings), make_outbox, relay,
+            agencies=frozenset(settings.agencies),
+            max_records=settings.batch_max_records,
+            timeout_ms=settings.batch_timeout_ms,
+            commit_interval=settings.commit_interval_ms / 1000,
+            crash_after_db_commit=settings.crash_after_db_commit,
+        )
+        batches.on_failure = lambda exc: runtime.failed.set()
+        app.http = http_app(
+            runtime, definition.routes(pool, settings), tokens, title=f"{definition.name} service",
+            metrics_here=settings.metrics_port is None, protect_metrics=not settings.development,
+            described=definition.openapi, asyncapi=schema,
+        )
+
+    async def after_startup() -> None:
+        assert runtime.pool is not None and runtime.relay is not None
+        assert runtime.batches is not None
+        pool, relay, batches = runtime.pool, runtime.relay, runtime.batches
+        if batches.consumer is None and subscriber.consumer is not None:
+            batches.attach(subscriber.consumer, alive=consuming)
+        # What the sweeps' cutoff waits for: the groups named by PENDING_UPSTREAM, then this one.
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka)
+        offsets_reader = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **kafka
+        )
+        await admin.start()
+        runtime.closers.append(admin.close)
+        await offsets_reader.start()
+        runtime.closers.append(offsets_reader.stop)
+        watermark = pending.Watermark(
+            pending.stages(settings.group_id, inputs, settings.pending_upstream,
+                           settings.topic_prefix),
+            pending.KafkaOffsets(admin, offsets_reader),
+        )
+        stopping = runtime.stopping
+        # An empty poll takes batch_timeout_ms in getmany and as long again in FastStream's
+        # sleep: a tick interval longer than that without a batch means the consumer is idle.
+        interval = 2 * settings.batch_timeout_ms / 1000 + 0.05
+        work = [
+            (relay.run(stopping), "relay"),
+            (_db_probe(runtime, pool, stopping), "db-probe"),
+            (_kafka_probe(runtime, relay, inputs, stopping), "kafka-probe"),
+            (_commit_timer(batches, interval, stopping), "commit-timer"),
+            *(
+                (_sweeper(s, pool, settings, relay, watermark, stopping), "sweep")
+                for s in definition.sweeps
+            ),
+        ]
+        for coro, name in work:
+            task = asyncio.create_task(coro, name=name)
+            task.add_done_callback(_watch)
+            runtime.tasks.append(task)
+        log.info("service started",
+                 extra={"http_port": settings.http_port, "group": settings.group_id})
+
+    def _watch(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception(), extra={"task": task.get_name()})
+            runtime.failed.set()
+            app.exit()
+
+    async def on_shutdown() -> None:
+        # Before the broker stops its consumer: the batch in hand finishes, nothing more is
+        # taken, and the offsets of what the relay has published are committed.
+        runtime.stopping.set()
+        if runtime.batches is not None:
+            await runtime.batches.finish()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+
+    async def after_shutdown() -> None:
+        for close in reversed(runtime.closers):
+            try:
+                await close()
+            except Exception as exc:  # shutting down anyway
+                log.warning("close failed", extra={"error": repr(exc)})
+        runtime.closers.clear()
+        log.info("service stopped")
+
+    app = faststream_app.ServiceApp(
+        broker, specification=schema, logger=logging.getLogger(f"faststream.{definition.name}"),
+        on_startup=[on_startup], after_startup=[after_startup],
+        on_shutdown=[on_shutdown], after_shutdown=[after_shutdown],
     )
-    runtime = Runtime(settings, pool, consumer, producer, batches, relay)
-    batches.kafka_ok = lambda: runtime.kafka_ok
-    separate = settings.metrics_port is not None
-    app = http_app(
-        runtime, definition.routes(pool, settings), tokens, title=f"{definition.name} service",
-        metrics_here=not separate, protect_metrics=not settings.development,
-        described=definition.openapi,
-    )
+    app.runtime = runtime
+    return app
+
+
+async def serve(app: faststream_app.ServiceApp, settings: ServiceSettings) -> None:
+    """Run the app until SIGTERM/SIGINT: its lifespan, the HTTP server (and the metrics port's,
+    METRICS_PORT) under uvicorn. A failed task (relay, probe, sweep, the batch handler) stops
+    the service with exit status 1, so a supervisor restarts it."""
+    runtime: Runtime = app.runtime
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await app.start()  # on_startup, the broker (its subscriber joins the group), after_startup
     servers = [uvicorn.Server(
         uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port,
             log_level="warning", access_log=False, lifespan="off",
         )
     )]
-    if separate:
+    if settings.metrics_port is not None:
         servers.append(uvicorn.Server(uvicorn.Config(
-            metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,  # type: ignore[arg-type]  # set: separate
+            metrics_app(runtime), host=settings.metrics_host, port=settings.metrics_port,
             log_level="warning", access_log=False, lifespan="off",
         )))
-    for server in servers:
-        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # ours below (an attribute uvicorn no longer reads)
-
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-
-    # What the sweeps' cutoff waits for: the groups named by PENDING_UPSTREAM, then this one.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka)
-    offsets_reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **kafka
+    # uvicorn catches SIGTERM/SIGINT while it serves, stops, and raises the signal again for
+    # the handler above: either way the service stops below.
+    http = [asyncio.create_task(server.serve(), name="http") for server in servers]
+    waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(runtime.failed.wait())]
+    await asyncio.wait([*waits, *http], return_when=asyncio.FIRST_COMPLETED)
+    failed = runtime.failed.is_set() or any(
+        t.done() and not t.cancelled() and t.exception() is not None for t in http
     )
-    await admin.start()
-    await offsets_reader.start()
-    watermark = pending.Watermark(
-        pending.stages(settings.group_id, [settings.topic(t) for t in definition.topics],
-                       settings.pending_upstream, settings.topic_prefix),
-        pending.KafkaOffsets(admin, offsets_reader),
-    )
-
-    tasks = [
-        asyncio.create_task(batches.run(stopping), name="consumer"),
-        asyncio.create_task(relay.run(stopping), name="relay"),
-        asyncio.create_task(_db_probe(runtime, stopping), name="db-probe"),
-        asyncio.create_task(_kafka_probe(runtime, stopping), name="kafka-probe"),
-        *(asyncio.create_task(server.serve(), name="http") for server in servers),
-        *(
-            asyncio.create_task(_sweeper(s, pool, settings, relay, watermark, stopping),
-                                name="sweep")
-            for s in definition.sweeps
-        ),
-    ]
-    log.info("service started", extra={"http_port": settings.http_port, "group": settings.group_id})
-    stop_wait = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    failed = False
-    for task in done:
-        if task is not stop_wait and task.exception() is not None:
-            log.error("task failed", exc_info=task.exception(), extra={"task": task.get_name()})
-            failed = True
-    stopping.set()
+    if failed:
+        for task in http:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("task failed", exc_info=task.exception(), extra={"task": "http"})
     for server in servers:
         server.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await consumer.stop()
-    await relay.producer.stop()
-    await offsets_reader.stop()
-    await admin.close()
-    await pool.close()
-    log.info("service stopped")
+    await asyncio.gather(*http, return_exceptions=True)
+    for wait in waits:
+        wait.cancel()
+    await app.stop()  # on_shutdown (last batch, last commit), the broker, after_shutdown
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
     if failed:
         # A supervisor (systemd, Kubernetes, make up's operator) must see a failure and restart.
         raise SystemExit(1)
 
 
-def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> None:
+def cli(
+    definition: ServiceDefinition, settings_cls: type[ServiceSettings],
+    create_app: Callable[[ServiceSettings], faststream_app.ServiceApp] | None = None,
+) -> None:
+    """``python -m services.<name> run|migrate``: ``create_app`` is the service's factory
+    (services/<name>/app.py), given the settings read from the environment."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}")
     parser.add_argument("command", choices=["run", "migrate"], nargs="?", default="run")
     parser.add_argument("--migrate", action="store_true", help="with run: migrate first")
@@ -546,7 +703,8 @@ def cli(definition: ServiceDefinition, settings_cls: type[ServiceSettings]) -> N
             log.info("migrations applied", extra={"applied": applied})
             if args.command == "migrate":
                 return
-        await serve(definition, settings)
+        app = (create_app or (lambda s: create_service_app(definition, s)))(settings)
+        await serve(app, settings)
 
     try:
         asyncio.run(main())

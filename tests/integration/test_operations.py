@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.contract import topics
+from shared.contract.events import TOPIC_TYPES
 from shared.runtime import logs
 from services.subsidy import state_codec
 from services.subsidy.config import SubsidySettings
@@ -131,6 +132,41 @@ def exported(world: dict[str, ServiceProcess]) -> set[str]:
     for service in world.values():
         names |= set(scrape(service))
     return names
+
+
+INPUTS = {
+    "enrollment": (topics.TRAINING_UPSTREAM,),
+    "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
+    "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
+}
+OUTPUTS = {
+    "enrollment": (topics.ENROLLMENT_EVENTS,),
+    "assessment": (topics.ASSESSMENT_EVENTS,),
+    "subsidy": (topics.SUBSIDY_EVENTS, topics.SUBSIDY_REVIEWS),
+}
+
+
+async def test_every_service_serves_its_asyncapi_and_openapi_documents(world) -> None:
+    for name, service in world.items():
+        document = service.get("/asyncapi.json")
+        channels = document["channels"]
+        received = {channels[o["channel"]["$ref"].rsplit("/", 1)[1]]["address"]
+                    for o in document["operations"].values() if o["action"] == "receive"}
+        sent = {channels[o["channel"]["$ref"].rsplit("/", 1)[1]]["address"]
+                for o in document["operations"].values() if o["action"] == "send"}
+        prefix = service.stack.prefix
+        assert received == {prefix + t for t in INPUTS[name]}, name
+        assert sent == {prefix + t for t in (*OUTPUTS[name], topics.dlq(name))}, name
+        schemas = set(document["components"]["schemas"])
+        for topic in (*INPUTS[name], *OUTPUTS[name]):
+            assert {m.__name__ for m in TOPIC_TYPES[topic].values()} <= schemas, (name, topic)
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/asyncapi", timeout=5) as r:
+            assert r.headers["content-type"].startswith("text/html")
+            assert b"asyncapi" in r.read().lower()
+        openapi = service.get("/openapi.json")
+        assert openapi["openapi"].startswith("3.")
+        assert openapi["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert {"/healthz", "/readyz", "/asyncapi.json"} <= set(openapi["paths"])
 
 
 async def test_every_service_names_itself_on_its_metrics(world) -> None:

@@ -1,0 +1,172 @@
+"""The FastStream side of a service: its broker, its one batch subscriber, its publishers (for
+the AsyncAPI document) and the ASGI app that serves FastStream's lifespan beside the HTTP routes.
+
+No `from __future__ import annotations` here: FastStream reads the handler annotations as objects.
+
+What FastStream 0.7.8 does by default, and why each default is replaced here (read in its
+source, faststream/kafka/parser.py, middlewares/acknowledgement):
+
+- the default batch parser decodes every header as UTF-8, so one non-UTF-8 or null header
+  fails the whole batch (ag2ai/faststream#2458), and the decoder JSON-decodes bodies by content
+  type and re-parses each record (about 7 us a record). :func:`raw_parser` and
+  :func:`raw_decoder`, one-argument callables, replace both: the handler gets the poll's
+  records exactly as aiokafka returned them, bytes and headers untouched, and decodes them once
+  (shared.contract.envelope.decode) for the inbox and the dead-letter queue;
+- ``ACK_FIRST`` (the default) commits before the handler runs (at most once), ``ACK`` and
+  ``REJECT_ON_ERROR`` commit even when the handler raises, ``nack()`` seeks back without a
+  backoff. The subscriber is ``AckPolicy.MANUAL``: offsets are committed by the pipeline
+  (shared.runtime.consumer.BatchConsumer) only after the batch's PostgreSQL transaction and the
+  relay's publication of its outbox rows, coalesced, and a failing database rewinds with a
+  bounded backoff.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, cast
+
+from aiokafka import ConsumerRecord
+from faststream.asgi import AsgiFastStream
+from faststream.asgi.types import ASGIApp, Receive, Scope, Send
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.schemas import Topic
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.middlewares import AckPolicy
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from prometheus_client import REGISTRY
+from starlette.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ServiceApp", "broker_security", "declare_publisher", "make_broker",
+    "raw_decoder", "raw_parser", "subscribe_batches",
+]
+
+OnBatch = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
+
+
+def broker_security(options: dict[str, Any]) -> BaseSecurity | None:
+    """FastStream's security object for the aiokafka options of ``kafka_security(settings)``
+    (shared/runtime/service.py), so the broker's clients use the same transport as the others."""
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    ssl = options.get("ssl_context")
+    use_ssl = protocol in ("SSL", "SASL_SSL")
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256,
+                "SCRAM-SHA-512": SASLScram512}[options["sasl_mechanism"]]
+        return kind(options["sasl_plain_username"], options["sasl_plain_password"],
+                    ssl_context=ssl, use_ssl=use_ssl)
+    if use_ssl:
+        return BaseSecurity(ssl_context=ssl, use_ssl=True)
+    return None
+
+
+def make_broker(bootstrap_servers: str, security: BaseSecurity | None, *, service: str,
+                description: str | None = None) -> KafkaBroker:
+    """The service's broker: FastStream's Prometheus middleware in the registry of the business
+    metrics (one /metrics); ``apply_types=False``: the handler takes the raw records, nothing is
+    validated or converted on the way in (the annotations only document the AsyncAPI payloads)."""
+    return KafkaBroker(
+        bootstrap_servers.split(","),
+        security=security,
+        client_id=f"skills-{service}",
+        apply_types=False,
+        middlewares=(KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service),),
+        graceful_timeout=30.0,
+        description=description,
+        logger=logging.getLogger(f"faststream.{service}"),
+    )
+
+
+def raw_parser(records: Sequence[ConsumerRecord]) -> KafkaMessage:
+    """One argument, so FastStream's parser is not called at all: no header is decoded. The
+    body is the record values only because FastStream's Prometheus middleware sums their size."""
+    return KafkaMessage(
+        body=[r.value or b"" for r in records],
+        headers={},
+        raw_message=tuple(records),
+        consumer=FAKE_CONSUMER,  # commits are the pipeline's, through the subscriber's consumer
+    )
+
+
+def raw_decoder(message: KafkaMessage) -> Sequence[ConsumerRecord]:
+    """One argument: no JSON decoding, no re-parse of each record; the handler gets the poll."""
+    records: Sequence[ConsumerRecord] = message.raw_message
+    return records
+
+
+def subscribe_batches(
+    broker: KafkaBroker,
+    topics: Sequence[str],
+    on_batch: OnBatch,
+    *,
+    payload: Any,
+    group_id: str,
+    max_records: int,
+    batch_timeout_ms: int,
+    auto_offset_reset: str,
+    assignors: Sequence[type],
+    title: str,
+    description: str,
+) -> BatchSubscriber:
+    """The service's one batch subscriber over all its input topics: every poll is one
+    ``getmany`` across partitions, handed whole to ``on_batch``. The topics are created by the
+    service beforehand with their retention settings (``declare=False``)."""
+    subscriber = broker.subscriber(
+        *(Topic(t, declare=False) for t in topics),
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=batch_timeout_ms,
+        group_id=group_id,
+        auto_offset_reset=cast(Literal["latest", "earliest", "none"], auto_offset_reset),
+        # Partition p of every input topic on one member: one owner per person (assignor.py).
+        partition_assignment_strategy=tuple(assignors),
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+        ack_policy=AckPolicy.MANUAL,
+        parser=raw_parser,
+        decoder=raw_decoder,
+        title=title,
+        description=description,
+    )
+
+    async def consume(records):  # type: ignore[no-untyped-def]  # annotated below, for AsyncAPI
+        await on_batch(records)
+
+    # Documentation only (apply_types=False): the payloads the records' CloudEvents carry.
+    consume.__annotations__ = {"records": payload, "return": None}
+    subscriber(consume)
+    assert isinstance(subscriber, BatchSubscriber)
+    return subscriber
+
+
+def declare_publisher(broker: KafkaBroker, topic: str, payload: Any, *, title: str,
+                      description: str) -> None:
+    """An output topic in the AsyncAPI document with its contract payloads. The records are
+    written by the outbox relay (shared/runtime/outbox.py), not through this publisher."""
+    broker.publisher(topic, title=title, schema=payload, description=description)
+
+
+class ServiceApp(AsgiFastStream):
+    """A FastStream ASGI app whose HTTP requests all go to the service's Starlette app.
+
+    AsgiFastStream answers exact paths only and 404s the rest; the query API has path
+    parameters and middlewares (RejectHostileUrls, BoundBodies, authentication), so it stays a
+    Starlette app, built once the database pool exists (on startup) and served here. The
+    lifespan is FastStream's: on_startup, the broker, after_startup; on_shutdown, the broker's
+    stop, after_shutdown."""
+
+    http: ASGIApp | None = None
+    runtime: Any = None  # shared.runtime.service.Runtime: what /healthz, /readyz and serve() read
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+            return
+        if self.http is None:  # not started yet
+            if scope["type"] == "http":
+                await JSONResponse({"ready": False}, status_code=503)(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
