@@ -60,7 +60,7 @@ INPUTS = {
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
     "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
 }
-SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "fund_year",
+SKIP_TABLES = frozenset({"alembic_version", "schema_migrations", "outbox", "pending", "dead_letters", "fund_year",
                          "policy_load"})
 TRACE_FLAGS = "-01"
 

@@ -85,10 +85,10 @@ DEFINITION = ServiceDefinition(
     # Reviews of held grants are facts too, read in broker time order with the others.
     topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
     handler=build_handler,  # type: ignore[arg-type]
-    routes=lambda pool, settings: (
-        api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]
-        + reviews.routes(pool, settings)
-        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[arg-type]
+    routes=lambda pool, settings, sessions: (
+        api.routes(pool, policies_from(settings.policy_dir), sessions)  # type: ignore[attr-defined]
+        + reviews.routes(pool, settings, sessions)
+        + console.routes(pool, settings, policies_from(settings.policy_dir), sessions)  # type: ignore[arg-type]
     ),
     sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),  # type: ignore[arg-type]
     on_start=record_policy_loads,  # type: ignore[arg-type]

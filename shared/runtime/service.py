@@ -64,7 +64,9 @@ class ServiceDefinition:
     directory: Path
     topics: tuple[str, ...]
     handler: Callable[[ServiceSettings], Handler]
-    routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
+    # (hot-path pool for writes, settings, SQLModel AsyncSession factory for reads) -> routes
+    routes: Callable[[asyncpg.Pool, ServiceSettings, Any], list[BaseRoute]] = (
+        lambda pool, s, sessions: [])
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
     on_start: OnStart | None = None  # one-off work once the database is reachable
     # What /openapi.json adds to the routes per path template: query parameters, request body
@@ -456,8 +458,10 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     runtime = Runtime(settings, pool, consumer, producer, batches, relay)
     batches.kafka_ok = lambda: runtime.kafka_ok
     separate = settings.metrics_port is not None
+    # The query APIs read through SQLModel AsyncSessions on their own small pool (db.py).
+    sessions = db.session_factory(settings)
     app = http_app(
-        runtime, definition.routes(pool, settings), tokens, title=f"{definition.name} service",
+        runtime, definition.routes(pool, settings, sessions), tokens, title=f"{definition.name} service",
         metrics_here=not separate, protect_metrics=not settings.development,
         described=definition.openapi,
     )
@@ -521,6 +525,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     await relay.producer.stop()
     await offsets_reader.stop()
     await admin.close()
+    await db.dispose_sessions(sessions)
     await pool.close()
     log.info("service stopped")
     if failed:
