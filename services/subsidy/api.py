@@ -26,7 +26,9 @@ from starlette.routing import BaseRoute, Route
 from shared.runtime import auth
 from services.subsidy import budgets, store
 from services.subsidy.policy import PolicySet
-from services.subsidy.state import BudgetLedger, FundYear, PersonState, grants, live_grants, pending_items, rejections, reversals
+from services.subsidy.state import (
+    BudgetLedger, FundYear, PersonState, grants, live_grants, pending_items, rejections, reversals,
+)
 
 LEDGER_COLUMNS = (
     "decided_on", "event_type", "event_id", "person_id", "rule", "stage", "reason",

@@ -144,7 +144,8 @@ def configure(connection: sa.Connection, metadata: Sequence[sa.MetaData], **extr
     """How every environment compares models with a database: types and server defaults too."""
     context.configure(
         connection=connection, target_metadata=list(metadata), compare_type=True,
-        compare_server_default=compare_server_default, include_name=include_name, transaction_per_migration=True,
+        compare_server_default=compare_server_default, include_name=include_name,
+        transaction_per_migration=True,
         **extra,
     )
 

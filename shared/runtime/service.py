@@ -461,7 +461,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     # The query APIs read through SQLModel AsyncSessions on their own small pool (db.py).
     sessions = db.session_factory(settings)
     app = http_app(
-        runtime, definition.routes(pool, settings, sessions), tokens, title=f"{definition.name} service",
+        runtime, definition.routes(pool, settings, sessions), tokens,
+        title=f"{definition.name} service",
         metrics_here=not separate, protect_metrics=not settings.development,
         described=definition.openapi,
     )
