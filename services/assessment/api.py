@@ -19,14 +19,14 @@ from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
 from services.assessment.config import AssessmentSettings
-from services.assessment.store import Assessment, Certificate
+from services.assessment.store import AssessmentRow, CertificateRow
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _verification(row: Certificate) -> dict[str, Any]:
+def _verification(row: CertificateRow) -> dict[str, Any]:
     """What anyone holding a certificate id may learn: no person_id, no personal data."""
     return {
         "certificate_id": row.certificate_id,
@@ -39,7 +39,7 @@ def _verification(row: Certificate) -> dict[str, Any]:
     }
 
 
-def _certificate(row: Certificate, agency: str) -> dict[str, Any]:
+def _certificate(row: CertificateRow, agency: str) -> dict[str, Any]:
     return {
         **_verification(row),
         "assessment_ref": row.assessment_ref,
@@ -53,7 +53,7 @@ def routes(pool: asyncpg.Pool, settings: AssessmentSettings,
            sessions: async_sessionmaker[AsyncSession]) -> list[BaseRoute]:
     async def verify(request: Request) -> JSONResponse:
         async with sessions() as session:
-            row = await session.get(Certificate, request.path_params["certificate_id"])
+            row = await session.get(CertificateRow, request.path_params["certificate_id"])
         if row is None:
             return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse(_verification(row))
@@ -63,10 +63,10 @@ def routes(pool: asyncpg.Pool, settings: AssessmentSettings,
         pid = request.path_params["person_id"]
         # A certificate belongs to the agency of the assessment it was issued on.
         query = (
-            select(Certificate, Assessment.agency)
-            .join(Assessment, col(Assessment.assessment_ref) == Certificate.assessment_ref)
-            .where(Certificate.person_id == pid)
-            .order_by(col(Certificate.issued_on), col(Certificate.certificate_id))
+            select(CertificateRow, AssessmentRow.agency)
+            .join(AssessmentRow, col(AssessmentRow.assessment_ref) == CertificateRow.assessment_ref)
+            .where(CertificateRow.person_id == pid)
+            .order_by(col(CertificateRow.issued_on), col(CertificateRow.certificate_id))
         )
         async with sessions() as session:
             rows = [(c, agency) for c, agency in await session.exec(query) if who.sees(agency)]

@@ -18,7 +18,7 @@ AssessmentTable = base("AssessmentTable")
 METADATA: sa.MetaData = AssessmentTable.metadata
 
 
-class Enrollment(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
+class EnrollmentRow(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "enrollment"
     __table_args__ = (sa.Index("enrollment_person", "person_id"),)
     enrollment_ref: str = column(sa.Text, primary_key=True)
@@ -31,7 +31,7 @@ class Enrollment(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
     withdrawn_on: dt.date | None = column(sa.Date, nullable=True)
 
 
-class Assessment(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
+class AssessmentRow(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
     """One row per assessment_ref: the first result stands. ``digest``: sha256 of the normalised
     result; status 'waiting' = parked until its enrollment arrives, 'decided' = published."""
 
@@ -51,7 +51,7 @@ class Assessment(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
     agency: str = column(sa.Text)
 
 
-class Certificate(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
+class CertificateRow(AssessmentTable, table=True):  # type: ignore[misc,valid-type]
     """certificate_id = 'CERT-' + first 20 hex digits of sha256(assessment_ref), upper-case."""
 
     __tablename__ = "certificate"

@@ -22,7 +22,9 @@ from shared.contract.identity import person_id
 from shared.runtime import auth
 from shared.runtime.http import json_body
 from services.enrollment.config import EnrollmentSettings
-from services.enrollment.store import Attendance, Enrollment, EnrollmentRejection, Trainee, WorkMonth
+from services.enrollment.store import (
+    AttendanceRow, EnrollmentRejectionRow, EnrollmentRow, TraineeRow, WorkMonthRow,
+)
 
 NOT_FOUND = {"error": "not_found"}
 # What /openapi.json says beyond the routes' paths.
@@ -35,7 +37,7 @@ OPENAPI: dict[str, dict[str, Any]] = {
 }
 
 
-def _enrollment(row: Enrollment, recorded_days: int, work_months: int) -> dict[str, Any]:
+def _enrollment(row: EnrollmentRow, recorded_days: int, work_months: int) -> dict[str, Any]:
     accepted = row.accepted  # jsonb, decoded
     return {
         "enrollment_ref": row.enrollment_ref,
@@ -56,10 +58,10 @@ def _enrollment(row: Enrollment, recorded_days: int, work_months: int) -> dict[s
 
 # An enrollment with the number of attendance days and work months recorded for it.
 QUERY = select(
-    Enrollment,
-    select(func.count()).where(Attendance.enrollment_ref == Enrollment.enrollment_ref)
+    EnrollmentRow,
+    select(func.count()).where(AttendanceRow.enrollment_ref == EnrollmentRow.enrollment_ref)
     .scalar_subquery().label("recorded_days"),
-    select(func.count()).where(WorkMonth.enrollment_ref == Enrollment.enrollment_ref)
+    select(func.count()).where(WorkMonthRow.enrollment_ref == EnrollmentRow.enrollment_ref)
     .scalar_subquery().label("work_months"),
 )
 
@@ -70,7 +72,7 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings,
         who = auth.principal(request)
         async with sessions() as session:
             row = (await session.exec(
-                QUERY.where(Enrollment.enrollment_ref == request.path_params["ref"]))).first()
+                QUERY.where(EnrollmentRow.enrollment_ref == request.path_params["ref"]))).first()
         if row is None or not who.sees(row[0].agency):
             return JSONResponse(NOT_FOUND, status_code=404)  # another agency's: as if absent
         return JSONResponse(_enrollment(*row))
@@ -80,12 +82,12 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings,
         pid = request.path_params["person_id"]
         async with sessions() as session:
             rows = list(await session.exec(
-                QUERY.where(Enrollment.person_id == pid)
-                .order_by(col(Enrollment.start_date), col(Enrollment.enrollment_ref))))
+                QUERY.where(EnrollmentRow.person_id == pid)
+                .order_by(col(EnrollmentRow.start_date), col(EnrollmentRow.enrollment_ref))))
             rejections = [r._asdict() for r in await session.exec(
-                select(EnrollmentRejection.enrollment_ref, EnrollmentRejection.agency,
-                       EnrollmentRejection.reason, EnrollmentRejection.detail)
-                .where(EnrollmentRejection.person_id == pid))]
+                select(EnrollmentRejectionRow.enrollment_ref, EnrollmentRejectionRow.agency,
+                       EnrollmentRejectionRow.reason, EnrollmentRejectionRow.detail)
+                .where(EnrollmentRejectionRow.person_id == pid))]
         if not who.auditor:
             # An agency sees the person only through its own enrollments and rejections
             # (rejections stored before their agency was recorded carry none: auditors only).
@@ -128,11 +130,11 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings,
         async with sessions() as session:
             if who.auditor:
                 known = (await session.exec(
-                    select(Trainee.person_id).where(Trainee.person_id == pid))).first()
+                    select(TraineeRow.person_id).where(TraineeRow.person_id == pid))).first()
             else:
                 known = (await session.exec(
-                    select(Enrollment.person_id)
-                    .where(Enrollment.person_id == pid, Enrollment.agency == who.agency)
+                    select(EnrollmentRow.person_id)
+                    .where(EnrollmentRow.person_id == pid, EnrollmentRow.agency == who.agency)
                     .limit(1))).first()
         await audit(who, pid, "found" if known else "not_found")
         return JSONResponse({"person_id": pid, "known": bool(known)})

@@ -21,7 +21,7 @@ EnrollmentTable = base("EnrollmentTable")
 METADATA: sa.MetaData = EnrollmentTable.metadata
 
 
-class Trainee(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class TraineeRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "trainee"
     person_id: str = column(sa.Text, primary_key=True)
     national_id_enc: bytes = column(sa.LargeBinary)  # Fernet ciphertext; the plain id never leaves ingress
@@ -29,7 +29,7 @@ class Trainee(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     first_seen: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class Enrollment(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class EnrollmentRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "enrollment"
     __table_args__ = (sa.Index("enrollment_person", "person_id"),)
     enrollment_ref: str = column(sa.Text, primary_key=True)
@@ -48,14 +48,14 @@ class Enrollment(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     event_time: dt.datetime = column(TIMESTAMPTZ)
 
 
-class Attendance(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class AttendanceRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "attendance"
     enrollment_ref: str = column(sa.Text, primary_key=True)
     date: dt.date = column(sa.Date, primary_key=True)
     hours: Decimal = column(sa.Numeric)
 
 
-class WorkMonth(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class WorkMonthRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "work_month"
     enrollment_ref: str = column(sa.Text, primary_key=True)
     month: str = column(sa.Text, primary_key=True)
@@ -63,7 +63,7 @@ class WorkMonth(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     month_index: int = column(sa.Integer)
 
 
-class EnrollmentRejection(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class EnrollmentRejectionRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "enrollment_rejection"
     __table_args__ = (sa.Index("enrollment_rejection_person", "person_id"),)
     source: str = column(sa.Text, primary_key=True)
@@ -76,7 +76,7 @@ class EnrollmentRejection(EnrollmentTable, table=True):  # type: ignore[misc,val
     agency: str | None = column(sa.Text, nullable=True)
 
 
-class EnrollmentFlag(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class EnrollmentFlagRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     """At most one EnrollmentFlagged per enrollment and check (POLICY.md §6)."""
 
     __tablename__ = "enrollment_flag"
@@ -88,7 +88,7 @@ class EnrollmentFlag(EnrollmentTable, table=True):  # type: ignore[misc,valid-ty
     detail: str = column(sa.Text)
 
 
-class LookupAudit(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
+class LookupAuditRow(EnrollmentTable, table=True):  # type: ignore[misc,valid-type]
     """Every POST /persons/lookup: who asked, when, about whom (person_id, never the id)."""
 
     __tablename__ = "lookup_audit"

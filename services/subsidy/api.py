@@ -65,13 +65,13 @@ async def mappings(session: AsyncSession, query: Any) -> list[Mapping[str, Any]]
 
 async def person_state(session: AsyncSession, pid: str) -> PersonState | None:
     raw = (await session.exec(
-        select(store.PersonState.state).where(store.PersonState.person_id == pid))).first()
+        select(store.PersonStateRow.state).where(store.PersonStateRow.person_id == pid))).first()
     return PersonState.from_json_text(raw) if raw is not None else None
 
 
 async def read_budgets(session: AsyncSession) -> BudgetLedger:
     """Every fund year, unlocked, as ``budgets.read_all`` reads them for the engine."""
-    t = store.FundYear
+    t = store.FundYearRow
     return BudgetLedger({
         budgets.key(r.agency, r.fund, r.year): FundYear(r.committed_fen, tuple(r.thresholds_bp))
         for r in await session.exec(select(t.agency, t.fund, t.year, t.committed_fen, t.thresholds_bp))
@@ -83,7 +83,7 @@ def _fen(amounts: Any) -> Any:
     return sa.cast(func.sum(amounts), sa.BigInteger)
 
 
-LEDGER = select(*(getattr(store.Decision, c) for c in LEDGER_COLUMNS))
+LEDGER = select(*(getattr(store.DecisionRow, c) for c in LEDGER_COLUMNS))
 
 
 def routes(pool: asyncpg.Pool, policies: PolicySet,
@@ -131,7 +131,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet,
             first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         except ValueError:
             return _error(422, "invalid_year", "year must be a number such as 2026")
-        d, h = store.Decision, store.Hold
+        d, h = store.DecisionRow, store.HoldRow
         dims = (d.event_type, d.rule, d.fund, d.payee_kind, d.reason)
         async with sessions() as session:
             rows = await mappings(session, select(
@@ -190,7 +190,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet,
         except ValueError:
             return _error(422, "invalid_query", "from/to are YYYY-MM-DD, page and page_size numbers")
         as_csv = request.url.path.endswith(".csv")
-        d = store.Decision
+        d = store.DecisionRow
         query = (LEDGER.where(d.agency == agency, col(d.decided_on).between(start, end))
                  .order_by(col(d.decided_on), col(d.seq)))
         if as_csv:
@@ -213,7 +213,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet,
 
     async def policy_loads(request: Request) -> Response:
         auth.require_auditor(request)  # the audit trail of every agency's policy files
-        p = store.PolicyLoad
+        p = store.PolicyLoadRow
         async with sessions() as session:
             rows = await mappings(session, select(
                 p.content_hash, p.agency, p.version, p.source, p.loaded_at,

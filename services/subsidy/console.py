@@ -36,7 +36,7 @@ from services.subsidy.policy import PolicySet
 from services.subsidy.reviews import audit, hold_views
 from services.subsidy.rules import cny
 from services.subsidy.state import HoldStatus, PersonState
-from services.subsidy.store import ConsoleSession, Decision, Hold, HoldReview
+from services.subsidy.store import ConsoleSessionRow, DecisionRow, HoldReviewRow, HoldRow
 
 COOKIE = "skills_console"
 HEADERS = {
@@ -151,14 +151,14 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet,
             return to_signin()
         who = session.principal
         agency = scope_of(request, who)
-        scope = select(Hold) if agency is None else select(Hold).where(Hold.agency == agency)
+        scope = select(HoldRow) if agency is None else select(HoldRow).where(HoldRow.agency == agency)
         async with sessions() as db:
-            rows = list(await db.exec(scope.where(Hold.status == "open")
-                                      .order_by(col(Hold.held_at), col(Hold.grant_id)).limit(500)))
-            ended = list(await db.exec(scope.where(Hold.status != "open")
-                                       .order_by(col(Hold.ended_at).desc().nulls_last()).limit(50)))
-            reviewed = set(await db.exec(select(HoldReview.grant_id).where(
-                col(HoldReview.grant_id).in_([r.grant_id for r in rows]))))
+            rows = list(await db.exec(scope.where(HoldRow.status == "open")
+                                      .order_by(col(HoldRow.held_at), col(HoldRow.grant_id)).limit(500)))
+            ended = list(await db.exec(scope.where(HoldRow.status != "open")
+                                       .order_by(col(HoldRow.ended_at).desc().nulls_last()).limit(50)))
+            reviewed = set(await db.exec(select(HoldReviewRow.grant_id).where(
+                col(HoldReviewRow.grant_id).in_([r.grant_id for r in rows]))))
             views, ended_views = await hold_views(db, rows), await hold_views(db, ended)
         await audit(pool, who, "GET /console/holds", agency)
         return page("holds.html", session, agency=agency, open=views, ended=ended_views,
@@ -210,24 +210,24 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet,
             first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         except ValueError:
             return page("error.html", session, 422, error="The year is a number such as 2026.")
-        fen = sa.cast(func.sum(Decision.amount_fen), sa.BigInteger).label("fen")
-        month = sa.cast(sa.extract("month", Decision.decided_on), sa.Integer).label("month")
-        in_year = (Decision.agency == agency, col(Decision.decided_on).between(first, last))
+        fen = sa.cast(func.sum(DecisionRow.amount_fen), sa.BigInteger).label("fen")
+        month = sa.cast(sa.extract("month", DecisionRow.decided_on), sa.Integer).label("month")
+        in_year = (DecisionRow.agency == agency, col(DecisionRow.decided_on).between(first, last))
         async with sessions() as db:
             ledger = await read_budgets(db)
             held = {r.fund: (r.n, r.fen) for r in await db.exec(
-                select(Hold.fund, func.count().label("n"),
-                       sa.cast(func.sum(Hold.amount_fen), sa.BigInteger).label("fen"))
-                .where(Hold.agency == agency, Hold.status == "open",
-                       sa.extract("year", Hold.held_on) == year)
-                .group_by(col(Hold.fund)))}
+                select(HoldRow.fund, func.count().label("n"),
+                       sa.cast(func.sum(HoldRow.amount_fen), sa.BigInteger).label("fen"))
+                .where(HoldRow.agency == agency, HoldRow.status == "open",
+                       sa.extract("year", HoldRow.held_on) == year)
+                .group_by(col(HoldRow.fund)))}
             months = await mappings(db, select(
-                Decision.fund, month, fen,
-                func.count().filter(Decision.event_type == "granted").label("grants"),
-            ).where(*in_year, col(Decision.event_type).in_(("granted", "reversed")))
-             .group_by(col(Decision.fund), month))
-            totals = await mappings(db, select(Decision.event_type, func.count().label("n"), fen)
-                                    .where(*in_year).group_by(col(Decision.event_type)))
+                DecisionRow.fund, month, fen,
+                func.count().filter(DecisionRow.event_type == "granted").label("grants"),
+            ).where(*in_year, col(DecisionRow.event_type).in_(("granted", "reversed")))
+             .group_by(col(DecisionRow.fund), month))
+            totals = await mappings(db, select(DecisionRow.event_type, func.count().label("n"), fen)
+                                    .where(*in_year).group_by(col(DecisionRow.event_type)))
         budgets = _budgets(policies, ledger, agency, year)
         await audit(pool, who, "GET /console/agencies/{agency}", agency)
         return page("agency.html", session, agency=agency, year=year,

@@ -23,8 +23,7 @@ from starlette.routing import BaseRoute, Route
 from shared.runtime import auth
 from shared.runtime.settings import ServiceSettings
 from services.subsidy import holds
-from services.subsidy.store import ApiAudit, Hold, HoldReview
-from services.subsidy.store import PersonState as PersonStateRow
+from services.subsidy.store import ApiAuditRow, HoldReviewRow, HoldRow, PersonStateRow
 from services.subsidy.state import PersonState
 
 MAX_NOTE = 2000
@@ -87,7 +86,7 @@ def row(model: Any) -> dict[str, Any]:
     return {c.name: getattr(model, c.name) for c in model.__table__.columns}
 
 
-async def hold_views(session: AsyncSession, rows: list[Hold]) -> list[dict[str, Any]]:
+async def hold_views(session: AsyncSession, rows: list[HoldRow]) -> list[dict[str, Any]]:
     """Holds as the API and the console show them: the held payload (explanation included),
     checks, facts, age and the review, if any."""
     persons = sorted({r.person_id for r in rows})
@@ -100,7 +99,7 @@ async def hold_views(session: AsyncSession, rows: list[Hold]) -> list[dict[str, 
     reviews = {
         r.grant_id: {k: cell(v) for k, v in row(r).items()}
         for r in await session.exec(
-            select(HoldReview).where(col(HoldReview.grant_id).in_([r.grant_id for r in rows])))
+            select(HoldReviewRow).where(col(HoldReviewRow.grant_id).in_([r.grant_id for r in rows])))
     }
     now = dt.datetime.now(dt.UTC)
     views = []
@@ -130,12 +129,12 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings,
         status = request.query_params.get("status", "open")
         if status not in ("open", "released", "denied", "voided", "all"):
             return _error(422, "invalid_status", "status is open, released, denied, voided or all")
-        query = select(Hold).where(Hold.agency == agency)
+        query = select(HoldRow).where(HoldRow.agency == agency)
         if status != "all":
-            query = query.where(Hold.status == status)
+            query = query.where(HoldRow.status == status)
         async with sessions() as session:
             rows = list(await session.exec(
-                query.order_by(col(Hold.held_at), col(Hold.grant_id)).limit(1000)))
+                query.order_by(col(HoldRow.held_at), col(HoldRow.grant_id)).limit(1000)))
             views = await hold_views(session, rows)
         await audit(pool, who, "GET /agencies/{agency}/holds", agency)
         return JSONResponse({"agency": agency, "status": status, "holds": views})
@@ -144,7 +143,7 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings,
         who = auth.principal(request)
         grant_id = request.path_params["grant_id"]
         async with sessions() as session:
-            found = await session.get(Hold, grant_id)
+            found = await session.get(HoldRow, grant_id)
             if found is None:
                 return _error(404, "not_found", f"no hold for grant {grant_id[:60]}")
             if not who.sees(found.agency):
@@ -187,10 +186,10 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings,
         async with sessions() as session:
             rows = [{**row(review), "hold_status": status, "amount_fen": amount_fen, "rule": rule}
                     for review, status, amount_fen, rule in await session.exec(
-                        select(HoldReview, Hold.status, Hold.amount_fen, Hold.rule)
-                        .join(Hold, col(Hold.grant_id) == HoldReview.grant_id)
-                        .where(HoldReview.agency == agency)
-                        .order_by(col(HoldReview.reviewed_at).desc()).limit(1000))]
+                        select(HoldReviewRow, HoldRow.status, HoldRow.amount_fen, HoldRow.rule)
+                        .join(HoldRow, col(HoldRow.grant_id) == HoldReviewRow.grant_id)
+                        .where(HoldReviewRow.agency == agency)
+                        .order_by(col(HoldReviewRow.reviewed_at).desc()).limit(1000))]
         await audit(pool, who, "GET /agencies/{agency}/reviews", agency)
         return JSONResponse({"agency": agency, "reviews": [
             {k: cell(v) for k, v in r.items()} for r in rows]})
@@ -220,7 +219,7 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings,
         auth.require_auditor(request)
         async with sessions() as session:
             rows = [row(a) for a in await session.exec(
-                select(ApiAudit).order_by(col(ApiAudit.seq).desc()).limit(1000))]
+                select(ApiAuditRow).order_by(col(ApiAuditRow.seq).desc()).limit(1000))]
         return JSONResponse([{k: cell(v) for k, v in r.items()} for r in rows])
 
     return [

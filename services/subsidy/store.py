@@ -20,7 +20,7 @@ SubsidyTable = base("SubsidyTable")
 METADATA: sa.MetaData = SubsidyTable.metadata
 
 
-class PersonState(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class PersonStateRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     __tablename__ = "person_state"
     __table_args__ = (
         # Persons with something waiting: the pending-items gauge reads only them.
@@ -35,7 +35,7 @@ class PersonState(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     has_pending: bool | None = column(sa.Boolean, server_default=sa.text("false"))
 
 
-class Decision(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class DecisionRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """One row per published decision; amount_fen is negative for a reversal."""
 
     __tablename__ = "decision"
@@ -61,7 +61,7 @@ class Decision(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     payload: Any = column(postgresql.JSONB)
 
 
-class PolicyLoad(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class PolicyLoadRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """Audit trail: every policy file the service loaded, with its hash."""
 
     __tablename__ = "policy_load"
@@ -74,7 +74,7 @@ class PolicyLoad(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     rules_hash: str | None = column(sa.Text, nullable=True)
 
 
-class PolicyCorrection(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class PolicyCorrectionRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """Corrections published when a corrected policy version is adopted for a past period."""
 
     __tablename__ = "policy_correction"
@@ -96,7 +96,7 @@ class PolicyCorrection(SubsidyTable, table=True):  # type: ignore[misc,valid-typ
     applied_at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class FundYear(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class FundYearRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """Budgets: one row per (agency, fund, year), locked only by batches that read it."""
 
     __tablename__ = "fund_year"
@@ -109,7 +109,7 @@ class FundYear(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
                                              server_default=sa.text("'{}'::integer[]"))
 
 
-class Hold(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class HoldRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """One row per held grant (POLICY.md §6), the reviewers' queue."""
 
     __tablename__ = "hold"
@@ -134,7 +134,7 @@ class Hold(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     ended_by: str | None = column(sa.Text, nullable=True)  # the id of the event that ended the hold
 
 
-class HoldReview(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class HoldReviewRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """The reviews submitted through the API, one per hold."""
 
     __tablename__ = "hold_review"
@@ -152,7 +152,7 @@ class HoldReview(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     reviewed_at: dt.datetime = column(TIMESTAMPTZ)
 
 
-class ApiAudit(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class ApiAuditRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """Who read or decided what through the holds routes and the console."""
 
     __tablename__ = "api_audit"
@@ -166,7 +166,7 @@ class ApiAudit(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     target: str | None = column(sa.Text, nullable=True)  # the agency, grant or person
 
 
-class ConsoleSession(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
+class ConsoleSessionRow(SubsidyTable, table=True):  # type: ignore[misc,valid-type]
     """Console sessions (signed in with an agency token): only the hash of the cookie."""
 
     __tablename__ = "console_session"

@@ -7,6 +7,8 @@ statements; the models say what the tables are, for migrations and for the query
 Each service database has its own metadata: the runtime's here (``METADATA``) and the
 service's (``services/<name>/store.py``), together the ``target_metadata`` of the service's
 Alembic environment. Columns are declared in the tables' column order (``SELECT *`` order).
+Every model is named ``<Table>Row`` (a model instance is a row), apart from the classes the
+services' code already names after the same concepts (``outbox.Outbox``, ``domain.Enrollment``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ RuntimeTable = base("RuntimeTable")
 METADATA: sa.MetaData = RuntimeTable.metadata
 
 
-class Inbox(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class InboxRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Processed input events, by CloudEvents (source, id); digest: sha256 of the record."""
 
     __tablename__ = "inbox"
@@ -68,7 +70,7 @@ class Inbox(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     received_at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class Outbox(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class OutboxRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Records to publish, in ``seq`` order (key as bytes: a dead letter keeps its key as it came)."""
 
     __tablename__ = "outbox"
@@ -81,7 +83,7 @@ class Outbox(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     created_at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class Pending(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class PendingRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Records waiting for something they refer to (order tolerance)."""
 
     __tablename__ = "pending"
@@ -100,7 +102,7 @@ class Pending(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     received_at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class DeadLetters(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class DeadLettersRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Positions already dead-lettered: a bad record redelivered after a crash is not sent twice."""
 
     __tablename__ = "dead_letters"
@@ -110,7 +112,7 @@ class DeadLetters(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class DeadLetterEvent(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class DeadLetterEventRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Records already dead-lettered, by (source, id) and the sha256 of their bytes."""
 
     __tablename__ = "dead_letter_event"
@@ -120,7 +122,7 @@ class DeadLetterEvent(RuntimeTable, table=True):  # type: ignore[misc,valid-type
     at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
 
 
-class SecretFingerprint(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
+class SecretFingerprintRow(RuntimeTable, table=True):  # type: ignore[misc,valid-type]
     """Which PERSON_ID_SECRET the database was built with (an HMAC, never the secret)."""
 
     __tablename__ = "secret_fingerprint"
