@@ -126,8 +126,9 @@ def engine(dsn: str, *, ssl: SSLContext | str | None = None, **options: Any) -> 
 
 
 def session_factory(settings: ServiceSettings) -> async_sessionmaker[AsyncSession]:
-    """SQLModel ``AsyncSession``s on the service database for the query APIs (reads). The
-    caller disposes of ``factory.kw["bind"]`` (an ``AsyncEngine``) at shutdown."""
+    """SQLModel ``AsyncSession``s on the service database for the query APIs (reads), on a
+    pool of their own (SESSION_POOL_SIZE + SESSION_MAX_OVERFLOW connections, opened on first
+    use); ``dispose_sessions`` closes it at shutdown."""
     bound = engine(
         settings.database_url, ssl=ssl_option(settings.database_sslmode, settings.database_sslrootcert),
         poolclass=None, pool_size=SESSION_POOL_SIZE, max_overflow=SESSION_MAX_OVERFLOW,

@@ -217,3 +217,21 @@ def test_the_baseline_executes_the_former_files_verbatim() -> None:
                     [*(LEGACY_SQL / "runtime").glob("*.sql"), *(LEGACY_SQL / service).glob("*.sql")]}
         assert files == expected
 
+
+
+async def test_the_alembic_command_line_connects_with_the_service_settings(database) -> None:
+    """What a developer runs to check or generate a revision (README, "Database schema and
+    migrations"): the environment connects by itself with <SERVICE>_MIGRATION_DATABASE_URL."""
+    url = await database()
+    env = {**os.environ, "ENVIRONMENT": "development",
+           "ENROLLMENT_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/unreachable",
+           "ENROLLMENT_MIGRATION_DATABASE_URL": url}
+
+    def alembic(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "alembic", "-c", "services/enrollment/alembic.ini",
+                               *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    assert alembic("upgrade", "head").returncode == 0
+    checked = alembic("check")
+    assert checked.returncode == 0 and "No new upgrade operations detected" in checked.stdout + checked.stderr
+    assert alembic("current").stdout.split() == ["0001", "(head)"]
