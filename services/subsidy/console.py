@@ -79,7 +79,7 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet,
         sid = request.cookies.get(COOKIE)
         if not sid:
             return None
-        c = ConsoleSession
+        c = ConsoleSessionRow
         async with sessions() as session:
             row = (await session.exec(
                 select(c.role, c.agency, c.principal, c.csrf)

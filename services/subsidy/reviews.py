@@ -197,7 +197,7 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings,
     async def agency_reviewers(request: Request) -> Response:
         agency = request.path_params["agency"]
         who = auth.require_agency(request, agency)
-        r = HoldReview
+        r = HoldReviewRow
         async with sessions() as session:
             counts = {c.reviewer: c._asdict() for c in await session.exec(
                 select(r.reviewer, func.count().label("reviews"),
