@@ -59,8 +59,8 @@ INPUTS = {
     "assessment": (topics.ASSESSMENT_UPSTREAM, topics.ENROLLMENT_EVENTS),
     "subsidy": (topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
 }
-SKIP_TABLES = frozenset({"schema_migrations", "outbox", "pending", "dead_letters", "fund_year",
-                         "policy_load"})
+SKIP_TABLES = frozenset({"alembic_version", "schema_migrations", "outbox", "pending",
+                         "dead_letters", "fund_year", "policy_load"})
 TRACE_FLAGS = "-01"
 
 

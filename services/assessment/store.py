@@ -1,25 +1,24 @@
-# Unit of work
-"""The assessment service's unit of work: what a batch loads before deciding and records after.
+"""The assessment service's database: its tables (the single source of its schema, with the
+runtime's tables in ``shared/runtime/tables.py``).
 
-`AssessmentStore` is the port the handler sees: `load` locks the batch's keys, takes the parked
-records its commands release and reads every enrollment, assessment and certificate they (and
-the released ones) touch, as a `domain.Snapshot`; `record` writes the batch's `domain.Changes`
-with bulk statements. `PostgresAssessmentStore` is the service's (asyncpg, ``unnest``/``COPY``,
-transaction-scoped advisory locks); `MemoryAssessmentStore` keeps the same tables in
-dictionaries for fast handler tests, and one contract test
-(tests/unit/assessment/test_store_contract.py) runs both, so it cannot drift.
-"""
+Below them, its unit of work (section "Unit of work"): what a batch loads before deciding
+and records after, on PostgreSQL and in memory."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
 import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.orm import registry
+from sqlmodel import SQLModel
 
 from shared.runtime import db, pending
+from shared.runtime.tables import column
 from services.assessment.domain import (
     CERTIFICATE,
     ENROLLMENT,
@@ -33,6 +32,83 @@ from services.assessment.domain import (
     awaited,
     keys,
 )
+
+# Tables
+# Enrollments (as far as assessments need them), assessment results and certificates. No
+# national id or name is stored: person_id is the keyed hash (EVENTS.md §3). Columns in table
+# order; a change here needs an Alembic revision (README, "Migrations").
+
+class AssessmentTable(SQLModel, registry=registry()):
+    """The base of this database's tables: a metadata of its own (one per service database, so
+    two services may each have a table of the same name)."""
+
+METADATA: sa.MetaData = AssessmentTable.metadata
+
+
+class EnrollmentRow(AssessmentTable, table=True):
+    __tablename__ = "enrollment"
+    __table_args__ = (sa.Index("enrollment_person", "person_id"),)
+    enrollment_ref: str = column(sa.Text, primary_key=True)
+    person_id: str = column(sa.Text)
+    occupation_code: str = column(sa.Text)
+    level: str | None = column(sa.Text, nullable=True)
+    start_date: dt.date = column(sa.Date)
+    agency: str = column(sa.Text)
+    status: str | None = column(sa.Text, server_default=sa.text("'accepted'::text"))  # accepted | withdrawn
+    withdrawn_on: dt.date | None = column(sa.Date, nullable=True)
+
+
+class AssessmentRow(AssessmentTable, table=True):
+    """One row per assessment_ref: the first result stands. ``digest``: sha256 of the normalised
+    result; status 'waiting' = parked until its enrollment arrives, 'decided' = published."""
+
+    __tablename__ = "assessment"
+    __table_args__ = (sa.Index("assessment_person", "person_id"),)
+    assessment_ref: str = column(sa.Text, primary_key=True)
+    digest: bytes = column(sa.LargeBinary)
+    status: str = column(sa.Text)
+    person_id: str = column(sa.Text)
+    evaluator_id: str = column(sa.Text)
+    enrollment_ref: str | None = column(sa.Text, nullable=True)
+    occupation_code: str = column(sa.Text)
+    level: str | None = column(sa.Text, nullable=True)
+    certificate_kind: str = column(sa.Text)
+    passed: bool = column(sa.Boolean)
+    assessed_on: dt.date = column(sa.Date)
+    agency: str = column(sa.Text)
+
+
+class CertificateRow(AssessmentTable, table=True):
+    """certificate_id = 'CERT-' + first 20 hex digits of sha256(assessment_ref), upper-case."""
+
+    __tablename__ = "certificate"
+    __table_args__ = (
+        sa.UniqueConstraint("assessment_ref", name="certificate_assessment_ref_key"),
+        sa.Index("certificate_person", "person_id"),
+    )
+    certificate_id: str = column(sa.Text, primary_key=True)
+    assessment_ref: str = column(sa.Text)
+    person_id: str = column(sa.Text)
+    enrollment_ref: str | None = column(sa.Text, nullable=True)
+    occupation_code: str = column(sa.Text)
+    level: str | None = column(sa.Text, nullable=True)
+    certificate_kind: str = column(sa.Text)
+    issued_on: dt.date = column(sa.Date)
+    status: str | None = column(sa.Text, server_default=sa.text("'valid'::text"))  # valid | revoked
+    revoked_on: dt.date | None = column(sa.Date, nullable=True)
+    revoke_reason: str | None = column(sa.Text, nullable=True)
+
+
+# Unit of work
+# The assessment service's unit of work: what a batch loads before deciding and records after.
+#
+# `AssessmentStore` is the port the handler sees: `load` locks the batch's keys, takes the parked
+# records its commands release and reads every enrollment, assessment and certificate they (and
+# the released ones) touch, as a `domain.Snapshot`; `record` writes the batch's `domain.Changes`
+# with bulk statements. `PostgresAssessmentStore` is the service's (asyncpg, ``unnest``/``COPY``,
+# transaction-scoped advisory locks); `MemoryAssessmentStore` keeps the same tables in
+# dictionaries for fast handler tests, and one contract test
+# (tests/unit/assessment/test_store_contract.py) runs both, so it cannot drift.
 
 # A stored parked record as the command it is (the handler's translation of the record).
 Translate = Callable[[Any], Command]

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-import orjson
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -19,6 +22,13 @@ from shared.contract.identity import person_id
 from shared.runtime import auth
 from shared.runtime.http import json_body
 from services.enrollment.config import EnrollmentSettings
+from services.enrollment.store import (
+    AttendanceRow,
+    EnrollmentRejectionRow,
+    EnrollmentRow,
+    TraineeRow,
+    WorkMonthRow,
+)
 
 NOT_FOUND = {"error": "not_found"}
 # What /openapi.json says beyond the routes' paths.
@@ -31,60 +41,68 @@ OPENAPI: dict[str, dict[str, Any]] = {
 }
 
 
-def _enrollment(row: asyncpg.Record) -> dict[str, Any]:
-    accepted = orjson.loads(row["accepted"])
+def _enrollment(row: EnrollmentRow, recorded_days: int, work_months: int) -> dict[str, Any]:
+    accepted = row.accepted  # jsonb, decoded
     return {
-        "enrollment_ref": row["enrollment_ref"],
-        "agency": row["agency"],
-        "person_id": row["person_id"],
-        "institution_id": row["institution_id"],
+        "enrollment_ref": row.enrollment_ref,
+        "agency": row.agency,
+        "person_id": row.person_id,
+        "institution_id": row.institution_id,
         "course": accepted["course"],
         "categories": accepted["categories"],
         "accepted_on": accepted["accepted_on"],
-        "status": row["status"],
-        "closed_on": row["closed_on"].isoformat() if row["closed_on"] else None,
-        "hours_attended": float(row["hours_attended"]) if row["hours_attended"] is not None else None,
-        "days_attended": row["days_attended"],
-        "attendance_days_recorded": row["recorded_days"],
-        "work_months": row["work_months"],
+        "status": row.status,
+        "closed_on": row.closed_on.isoformat() if row.closed_on else None,
+        "hours_attended": float(row.hours_attended) if row.hours_attended is not None else None,
+        "days_attended": row.days_attended,
+        "attendance_days_recorded": recorded_days,
+        "work_months": work_months,
     }
 
 
-QUERY = (
-    "SELECT e.*, (SELECT count(*) FROM attendance a WHERE a.enrollment_ref = e.enrollment_ref)"
-    " AS recorded_days, (SELECT count(*) FROM work_month m"
-    " WHERE m.enrollment_ref = e.enrollment_ref) AS work_months FROM enrollment e "
+# An enrollment with the number of attendance days and work months recorded for it.
+QUERY = select(
+    EnrollmentRow,
+    select(func.count()).where(AttendanceRow.enrollment_ref == EnrollmentRow.enrollment_ref)
+    .scalar_subquery().label("recorded_days"),
+    select(func.count()).where(WorkMonthRow.enrollment_ref == EnrollmentRow.enrollment_ref)
+    .scalar_subquery().label("work_months"),
 )
 
 
-def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
+def routes(pool: asyncpg.Pool, settings: EnrollmentSettings,
+           sessions: async_sessionmaker[AsyncSession]) -> list[BaseRoute]:
     async def get_enrollment(request: Request) -> JSONResponse:
         who = auth.principal(request)
-        row = await pool.fetchrow(QUERY + "WHERE e.enrollment_ref = $1", request.path_params["ref"])
-        if row is None or not who.sees(row["agency"]):
+        async with sessions() as session:
+            row = (await session.exec(
+                QUERY.where(EnrollmentRow.enrollment_ref == request.path_params["ref"]))).first()
+        if row is None or not who.sees(row[0].agency):
             return JSONResponse(NOT_FOUND, status_code=404)  # another agency's: as if absent
-        return JSONResponse(_enrollment(row))
+        return JSONResponse(_enrollment(*row))
 
     async def person_record(request: Request) -> JSONResponse:
         who = auth.principal(request)
         pid = request.path_params["person_id"]
-        rows = await pool.fetch(QUERY + "WHERE e.person_id = $1 ORDER BY e.start_date, e.enrollment_ref", pid)
-        rejections = await pool.fetch(
-            "SELECT enrollment_ref, agency, reason, detail FROM enrollment_rejection"
-            " WHERE person_id = $1",
-            pid,
-        )
+        async with sessions() as session:
+            rows = list(await session.exec(
+                QUERY.where(EnrollmentRow.person_id == pid)
+                .order_by(col(EnrollmentRow.start_date), col(EnrollmentRow.enrollment_ref))))
+            rejections = [r._asdict() for r in await session.exec(
+                select(EnrollmentRejectionRow.enrollment_ref, EnrollmentRejectionRow.agency,
+                       EnrollmentRejectionRow.reason, EnrollmentRejectionRow.detail)
+                .where(EnrollmentRejectionRow.person_id == pid))]
         if not who.auditor:
             # An agency sees the person only through its own enrollments and rejections
-            # (rejections stored before migration 0002 carry no agency: auditors only).
-            rows = [r for r in rows if who.sees(r["agency"])]
+            # (rejections stored before their agency was recorded carry none: auditors only).
+            rows = [r for r in rows if who.sees(r[0].agency)]
             rejections = [r for r in rejections if r["agency"] is not None and who.sees(r["agency"])]
         if not rows and not rejections:
             return JSONResponse(NOT_FOUND, status_code=404)  # unknown, or not in this agency
         return JSONResponse({
             "person_id": pid,
-            "enrollments": [_enrollment(r) for r in rows],
-            "rejections": [dict(r) for r in rejections],
+            "enrollments": [_enrollment(*r) for r in rows],
+            "rejections": rejections,
         })
 
     limiter = auth.RateLimiter(settings.lookup_rate_per_minute)
@@ -113,12 +131,15 @@ def routes(pool: asyncpg.Pool, settings: EnrollmentSettings) -> list[BaseRoute]:
         except (ValueError, KeyError, TypeError):
             await audit(who, None, "invalid")
             return JSONResponse({"error": "invalid_national_id"}, status_code=422)
-        if who.auditor:
-            known = await pool.fetchval("SELECT 1 FROM trainee WHERE person_id = $1", pid)
-        else:
-            known = await pool.fetchval(
-                "SELECT 1 FROM enrollment WHERE person_id = $1 AND agency = $2 LIMIT 1", pid, who.agency
-            )
+        async with sessions() as session:
+            if who.auditor:
+                known = (await session.exec(
+                    select(TraineeRow.person_id).where(TraineeRow.person_id == pid))).first()
+            else:
+                known = (await session.exec(
+                    select(EnrollmentRow.person_id)
+                    .where(EnrollmentRow.person_id == pid, EnrollmentRow.agency == who.agency)
+                    .limit(1))).first()
         await audit(who, pid, "found" if known else "not_found")
         return JSONResponse({"person_id": pid, "known": bool(known)})
 

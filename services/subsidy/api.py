@@ -11,19 +11,24 @@ import csv
 import dataclasses
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
-from services.subsidy import budgets, contract, state_codec
+from services.subsidy import budgets, contract, state_codec, store
 from services.subsidy.engine.policy import PolicySet
 from services.subsidy.engine.state import (
     BudgetLedger,
+    FundYear,
     PersonState,
     grants,
     live_grants,
@@ -60,14 +65,43 @@ def _date(value: str | None, default: dt.date) -> dt.date:
     return dt.date.fromisoformat(value) if value else default
 
 
-def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
+async def mappings(session: AsyncSession, query: Any) -> list[Mapping[str, Any]]:
+    """The rows of a query of columns, each readable by column name."""
+    return [r._mapping for r in await session.exec(query)]
+
+
+async def person_state(session: AsyncSession, pid: str) -> PersonState | None:
+    raw = (await session.exec(
+        select(store.PersonStateRow.state).where(store.PersonStateRow.person_id == pid))).first()
+    return state_codec.loads(raw) if raw is not None else None
+
+
+async def read_budgets(session: AsyncSession) -> BudgetLedger:
+    """Every fund year, unlocked, as ``budgets.read_all`` reads them for the engine."""
+    t = store.FundYearRow
+    return BudgetLedger({
+        budgets.key(r.agency, r.fund, r.year): FundYear(r.committed_fen, tuple(r.thresholds_bp))
+        for r in await session.exec(select(t.agency, t.fund, t.year, t.committed_fen, t.thresholds_bp))
+    })
+
+
+def _fen(amounts: Any) -> Any:
+    """``sum(amount_fen)::bigint``: the sum as a bigint (PostgreSQL sums bigints as numeric)."""
+    return sa.cast(func.sum(amounts), sa.BigInteger)
+
+
+LEDGER = select(*(getattr(store.DecisionRow, c) for c in LEDGER_COLUMNS))
+
+
+def routes(pool: asyncpg.Pool, policies: PolicySet,
+           sessions: async_sessionmaker[AsyncSession]) -> list[BaseRoute]:
     streams = asyncio.Semaphore(MAX_CSV_STREAMS)
 
     async def person(request: Request) -> Response:
         who = auth.principal(request)
         pid = request.path_params["person_id"]
-        raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
-        state = state_codec.loads(raw) if raw is not None else None
+        async with sessions() as session:
+            state = await person_state(session, pid)
         if state is None or not _has_record_in(state, who):
             # Unknown, or nothing of this agency: the same answer (no oracle across agencies).
             return _error(404, "not_found", f"no subsidy decisions for {pid[:60]}")
@@ -104,13 +138,17 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         except ValueError:
             return _error(422, "invalid_year", "year must be a number such as 2026")
-        rows = await pool.fetch(
-            "SELECT event_type, rule, fund, payee_kind, reason, count(*) AS n,"
-            " sum(amount_fen)::bigint AS fen FROM decision"
-            " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3"
-            " GROUP BY event_type, rule, fund, payee_kind, reason",
-            agency, first, last,
-        )
+        d, h = store.DecisionRow, store.HoldRow
+        dims = (d.event_type, d.rule, d.fund, d.payee_kind, d.reason)
+        async with sessions() as session:
+            rows = await mappings(session, select(
+                *dims, func.count().label("n"), _fen(d.amount_fen).label("fen"),
+            ).where(d.agency == agency, col(d.decided_on).between(first, last)).group_by(*dims))
+            ledger = await read_budgets(session)
+            [open_holds] = await mappings(session, select(
+                func.count().label("n"),
+                sa.cast(func.coalesce(func.sum(h.amount_fen), 0), sa.BigInteger).label("fen"),
+            ).where(h.agency == agency, h.status == "open", col(h.held_on).between(first, last)))
         by: dict[str, dict[str, dict[str, int]]] = {"rule": {}, "fund": {}, "payee_kind": {}}
         rejected: dict[str, int] = {}
         reversed_: dict[str, dict[str, int]] = {}
@@ -135,11 +173,6 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
                 entry = reversed_.setdefault(r["reason"], {"count": 0, "amount_fen": 0})
                 entry["count"] += r["n"]
                 entry["amount_fen"] -= r["fen"]
-        ledger = await budgets.read_all(pool)
-        open_holds = await pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(amount_fen), 0)::bigint AS fen FROM hold"
-            " WHERE agency = $1 AND status = 'open' AND held_on BETWEEN $2 AND $3",
-            agency, first, last)
         return JSONResponse({
             "agency": agency, "year": year, **totals,
             "net_fen": totals["granted_fen"] - totals["reversed_fen"],
@@ -147,7 +180,7 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
             "rejections_by_reason": rejected, "reversals_by_reason": reversed_,
             "budgets": _budgets(policies, ledger, agency, year),
             # Held for integrity review and not reviewed yet: committed, not paid (POLICY §6).
-            "holds_open": open_holds["n"], "held_open_fen": open_holds["fen"],  # type: ignore[index]  # one row
+            "holds_open": open_holds["n"], "held_open_fen": open_holds["fen"],
         })
 
     async def ledger(request: Request) -> Response:
@@ -164,10 +197,9 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
         except ValueError:
             return _error(422, "invalid_query", "from/to are YYYY-MM-DD, page and page_size numbers")
         as_csv = request.url.path.endswith(".csv")
-        sql = (
-            "SELECT " + ", ".join(LEDGER_COLUMNS) + " FROM decision"
-            " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3 ORDER BY decided_on, seq"
-        )
+        d = store.DecisionRow
+        query = (LEDGER.where(d.agency == agency, col(d.decided_on).between(start, end))
+                 .order_by(col(d.decided_on), col(d.seq)))
         if as_csv:
             if streams.locked():
                 return JSONResponse(
@@ -175,10 +207,11 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
                     status_code=429, headers={"retry-after": "5"},
                 )
             return StreamingResponse(
-                _csv_rows(pool, streams, sql, agency, start, end), media_type="text/csv; charset=utf-8",
+                _csv_rows(sessions, streams, query), media_type="text/csv; charset=utf-8",
                 headers={"content-disposition": f'attachment; filename="ledger-{agency}.csv"'},
             )
-        rows = await pool.fetch(sql + " LIMIT $4 OFFSET $5", agency, start, end, size + 1, (page - 1) * size)
+        async with sessions() as session:
+            rows = await mappings(session, query.limit(size + 1).offset((page - 1) * size))
         return JSONResponse({
             "agency": agency, "from": start.isoformat(), "to": end.isoformat(), "page": page,
             "page_size": size, "has_more": len(rows) > size,
@@ -187,10 +220,12 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
 
     async def policy_loads(request: Request) -> Response:
         auth.require_auditor(request)  # the audit trail of every agency's policy files
-        rows = await pool.fetch(
-            "SELECT content_hash, agency, version, source, loaded_at FROM policy_load ORDER BY loaded_at"
-        )
-        return JSONResponse([{k: _cell(v) for k, v in dict(r).items()} for r in rows])
+        p = store.PolicyLoadRow
+        async with sessions() as session:
+            rows = await mappings(session, select(
+                p.content_hash, p.agency, p.version, p.source, p.loaded_at,
+            ).order_by(col(p.loaded_at)))
+        return JSONResponse([{k: _cell(v) for k, v in r.items()} for r in rows])
 
     return [
         Route("/persons/{person_id}/subsidies", person),
@@ -201,17 +236,20 @@ def routes(pool: asyncpg.Pool, policies: PolicySet) -> list[BaseRoute]:
     ]
 
 
-async def _csv_rows(pool: asyncpg.Pool, streams: asyncio.Semaphore, sql: str, agency: str,
-                    start: dt.date, end: dt.date) -> AsyncIterator[str]:
-    """The ledger as CSV, streamed from a server-side cursor: memory stays one chunk whatever
-    the agency's size (a connection is held while the client reads: MAX_CSV_STREAMS at most)."""
+async def _csv_rows(sessions: async_sessionmaker[AsyncSession], streams: asyncio.Semaphore,
+                    query: Any) -> AsyncIterator[str]:
+    """The ledger as CSV, streamed from a server-side cursor (``session.stream``, fetching
+    CSV_CHUNK_ROWS at a time): memory stays one chunk whatever the agency's size (a connection
+    of the query APIs' pool is held while the client reads: MAX_CSV_STREAMS at most)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(LEDGER_COLUMNS)
-    async with streams, pool.acquire() as conn, conn.transaction(readonly=True):
+    async with streams, sessions() as session:
+        await session.exec(sa.text("SET TRANSACTION READ ONLY"))
         rows = 0
-        async for r in conn.cursor(sql, agency, start, end, prefetch=CSV_CHUNK_ROWS):
-            writer.writerow([_cell(r[c]) for c in LEDGER_COLUMNS])
+        result = await session.stream(query.execution_options(yield_per=CSV_CHUNK_ROWS))
+        async for r in result:
+            writer.writerow([_cell(v) for v in r])
             rows += 1
             if rows % CSV_CHUNK_ROWS == 0:
                 yield buffer.getvalue()

@@ -88,10 +88,10 @@ DEFINITION = ServiceDefinition(
     topics=(topics.ENROLLMENT_EVENTS, topics.ASSESSMENT_EVENTS, topics.SUBSIDY_REVIEWS),
     outputs=(topics.SUBSIDY_EVENTS, topics.SUBSIDY_REVIEWS),
     handler=build_handler,  # type: ignore[arg-type]  # called with SubsidySettings (cli below)
-    routes=lambda pool, settings: (
-        api.routes(pool, policies_from(settings.policy_dir))  # type: ignore[attr-defined]  # a SubsidySettings
-        + reviews.routes(pool, settings)
-        + console.routes(pool, settings, policies_from(settings.policy_dir))  # type: ignore[attr-defined, arg-type]  # as above
+    routes=lambda pool, settings, sessions: (
+        api.routes(pool, policies_from(settings.policy_dir), sessions)  # type: ignore[attr-defined]  # a SubsidySettings
+        + reviews.routes(pool, settings, sessions)
+        + console.routes(pool, settings, policies_from(settings.policy_dir), sessions)  # type: ignore[attr-defined, arg-type]  # as above
     ),
     sweeps=(metrics.refresh_pending_items, metrics.refresh_holds),
     on_start=record_policy_loads,  # type: ignore[arg-type]  # called with SubsidySettings

@@ -19,20 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.runtime import auth
-from services.subsidy import budgets as budget_rows
-from services.subsidy import holds, state_codec
-from services.subsidy.api import _budgets
+from services.subsidy import holds
+from services.subsidy.api import _budgets, mappings, person_state, read_budgets
 from services.subsidy.config import SubsidySettings
 from services.subsidy.engine.policy import PolicySet
 from services.subsidy.engine.rules import cny
 from services.subsidy.engine.state import HoldStatus, PersonState
 from services.subsidy.reviews import audit, hold_views
+from services.subsidy.store import ConsoleSessionRow, DecisionRow, HoldReviewRow, HoldRow
 
 COOKIE = "skills_console"
 HEADERS = {
@@ -60,7 +64,8 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -> list[BaseRoute]:
+def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet,
+           sessions: async_sessionmaker[AsyncSession]) -> list[BaseRoute]:
     tokens = auth.token_table(settings.api_tokens, settings.agencies,
                               development=settings.development)
 
@@ -74,12 +79,14 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -
         sid = request.cookies.get(COOKIE)
         if not sid:
             return None
-        row = await pool.fetchrow(
-            "SELECT role, agency, principal, csrf FROM console_session"
-            " WHERE id_hash = $1 AND expires_at > now()", _digest(sid))
+        c = ConsoleSessionRow
+        async with sessions() as session:
+            row = (await session.exec(
+                select(c.role, c.agency, c.principal, c.csrf)
+                .where(c.id_hash == _digest(sid), col(c.expires_at) > func.now()))).first()
         if row is None:
             return None
-        return Session(auth.Principal(row["role"], row["agency"], row["principal"]), row["csrf"])
+        return Session(auth.Principal(row.role, row.agency, row.principal), row.csrf)
 
     async def form(request: Request, session: Session | None) -> dict[str, str] | None:
         """The posted form, if its CSRF token is the session's (None otherwise)."""
@@ -144,18 +151,17 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -
             return to_signin()
         who = session.principal
         agency = scope_of(request, who)
-        rows = await pool.fetch(
-            "SELECT * FROM hold WHERE ($1::text IS NULL OR agency = $1) AND status = 'open'"
-            " ORDER BY held_at, grant_id LIMIT 500", agency)
-        ended = await pool.fetch(
-            "SELECT * FROM hold WHERE ($1::text IS NULL OR agency = $1) AND status <> 'open'"
-            " ORDER BY ended_at DESC NULLS LAST LIMIT 50", agency)
-        reviewed = {r["grant_id"] for r in await pool.fetch(
-            "SELECT grant_id FROM hold_review WHERE grant_id = ANY($1::text[])",
-            [r["grant_id"] for r in rows])}
+        scope = select(HoldRow) if agency is None else select(HoldRow).where(HoldRow.agency == agency)
+        async with sessions() as db:
+            rows = list(await db.exec(scope.where(HoldRow.status == "open")
+                                      .order_by(col(HoldRow.held_at), col(HoldRow.grant_id)).limit(500)))
+            ended = list(await db.exec(scope.where(HoldRow.status != "open")
+                                       .order_by(col(HoldRow.ended_at).desc().nulls_last()).limit(50)))
+            reviewed = set(await db.exec(select(HoldReviewRow.grant_id).where(
+                col(HoldReviewRow.grant_id).in_([r.grant_id for r in rows]))))
+            views, ended_views = await hold_views(db, rows), await hold_views(db, ended)
         await audit(pool, who, "GET /console/holds", agency)
-        return page("holds.html", session, agency=agency,
-                    open=await hold_views(pool, list(rows)), ended=await hold_views(pool, list(ended)),
+        return page("holds.html", session, agency=agency, open=views, ended=ended_views,
                     reviewed=reviewed, message=request.query_params.get("message", "")[:200])
 
     async def review(request: Request) -> Response:
@@ -184,8 +190,8 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -
         if session is None:
             return to_signin()
         who, pid = session.principal, request.path_params["person_id"]
-        raw = await pool.fetchval("SELECT state FROM person_state WHERE person_id = $1", pid)
-        state = state_codec.loads(raw) if raw is not None else None
+        async with sessions() as db:
+            state = await person_state(db, pid)
         record = _record(state, who) if state is not None else None
         if record is None or not (record["decisions"] or record["enrollments"]):
             return page("error.html", session, 404, error="No record of this person in your agency.")
@@ -204,21 +210,25 @@ def routes(pool: asyncpg.Pool, settings: SubsidySettings, policies: PolicySet) -
             first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
         except ValueError:
             return page("error.html", session, 422, error="The year is a number such as 2026.")
-        ledger = await budget_rows.read_all(pool)
+        fen = sa.cast(func.sum(DecisionRow.amount_fen), sa.BigInteger).label("fen")
+        month = sa.cast(sa.extract("month", DecisionRow.decided_on), sa.Integer).label("month")
+        in_year = (DecisionRow.agency == agency, col(DecisionRow.decided_on).between(first, last))
+        async with sessions() as db:
+            ledger = await read_budgets(db)
+            held = {r.fund: (r.n, r.fen) for r in await db.exec(
+                select(HoldRow.fund, func.count().label("n"),
+                       sa.cast(func.sum(HoldRow.amount_fen), sa.BigInteger).label("fen"))
+                .where(HoldRow.agency == agency, HoldRow.status == "open",
+                       sa.extract("year", HoldRow.held_on) == year)
+                .group_by(col(HoldRow.fund)))}
+            months = await mappings(db, select(
+                DecisionRow.fund, month, fen,
+                func.count().filter(DecisionRow.event_type == "granted").label("grants"),
+            ).where(*in_year, col(DecisionRow.event_type).in_(("granted", "reversed")))
+             .group_by(col(DecisionRow.fund), month))
+            totals = await mappings(db, select(DecisionRow.event_type, func.count().label("n"), fen)
+                                    .where(*in_year).group_by(col(DecisionRow.event_type)))
         budgets = _budgets(policies, ledger, agency, year)
-        held = {r["fund"]: (r["n"], r["fen"]) for r in await pool.fetch(
-            "SELECT fund, count(*) AS n, sum(amount_fen)::bigint AS fen FROM hold"
-            " WHERE agency = $1 AND status = 'open' AND extract(year FROM held_on) = $2"
-            " GROUP BY fund", agency, year)}
-        months = await pool.fetch(
-            "SELECT fund, extract(month FROM decided_on)::int AS month,"
-            " sum(amount_fen)::bigint AS fen, count(*) FILTER (WHERE event_type = 'granted') AS grants"
-            " FROM decision WHERE agency = $1 AND decided_on BETWEEN $2 AND $3"
-            " AND event_type IN ('granted', 'reversed') GROUP BY fund, month", agency, first, last)
-        totals = await pool.fetch(
-            "SELECT event_type, count(*) AS n, sum(amount_fen)::bigint AS fen FROM decision"
-            " WHERE agency = $1 AND decided_on BETWEEN $2 AND $3 GROUP BY event_type",
-            agency, first, last)
         await audit(pool, who, "GET /console/agencies/{agency}", agency)
         return page("agency.html", session, agency=agency, year=year,
                     funds=_burn_down(budgets, held, months),
@@ -283,7 +293,7 @@ def _record(state: PersonState, who: auth.Principal) -> dict[str, Any]:
 
 
 def _burn_down(budgets: dict[str, dict[str, int | None]], held: dict[str, tuple[int, int]],
-               months: list[asyncpg.Record]) -> list[dict[str, Any]]:
+               months: list[Any]) -> list[dict[str, Any]]:
     """Per fund: budget, paid by the end of each month (grants less reversals), held, left."""
     by_fund: dict[str, dict[int, int]] = {}
     for r in months:

@@ -37,7 +37,7 @@ for _kind in PendingKind:
     PENDING_ITEMS.labels(_kind.value)  # every kind exported from the start, at 0
 
 # Certificates still pending and revocations waiting for their certificate, by kind, from the
-# person states (JSON text, see migrations/0001_subsidy.sql).
+# person states (JSON text, see services/subsidy/store.py).
 PENDING_SQL = """
 SELECT kind, count(*) AS n FROM (
     SELECT CASE WHEN c.value->>'enrollment_ref' IS NULL THEN 'certificate_unlinked'

@@ -13,6 +13,9 @@ from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -21,6 +24,7 @@ from shared.runtime import auth
 from shared.runtime.settings import ServiceSettings
 from services.subsidy import holds, state_codec
 from services.subsidy.engine.state import PersonState
+from services.subsidy.store import ApiAuditRow, HoldReviewRow, HoldRow, PersonStateRow
 
 MAX_NOTE = 2000
 HOLD_COLUMNS = ("grant_id", "person_id", "agency", "rule", "stage", "amount_fen", "fund",
@@ -77,39 +81,46 @@ def facts_of(state: PersonState, enrollment_ref: str, basis: dict[str, Any]) -> 
     return found
 
 
-async def hold_views(pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+def row(model: Any) -> dict[str, Any]:
+    """A table row (model instance) as ``SELECT *`` gives it: every column, in table order."""
+    return {c.name: getattr(model, c.name) for c in model.__table__.columns}
+
+
+async def hold_views(session: AsyncSession, rows: list[HoldRow]) -> list[dict[str, Any]]:
     """Holds as the API and the console show them: the held payload (explanation included),
     checks, facts, age and the review, if any."""
-    persons = sorted({r["person_id"] for r in rows})
+    persons = sorted({r.person_id for r in rows})
     states = {
-        r["person_id"]: state_codec.loads(r["state"])
-        for r in await pool.fetch("SELECT person_id, state FROM person_state "
-                                  "WHERE person_id = ANY($1::text[])", persons)
+        person_id: state_codec.loads(state)
+        for person_id, state in await session.exec(
+            select(PersonStateRow.person_id, PersonStateRow.state)
+            .where(col(PersonStateRow.person_id).in_(persons)))
     }
     reviews = {
-        r["grant_id"]: {k: cell(v) for k, v in dict(r).items()}
-        for r in await pool.fetch("SELECT * FROM hold_review WHERE grant_id = ANY($1::text[])",
-                                  [r["grant_id"] for r in rows])
+        r.grant_id: {k: cell(v) for k, v in row(r).items()}
+        for r in await session.exec(
+            select(HoldReviewRow).where(col(HoldReviewRow.grant_id).in_([r.grant_id for r in rows])))
     }
     now = dt.datetime.now(dt.UTC)
     views = []
     for r in rows:
-        payload = orjson.loads(r["payload"])
-        state = states.get(r["person_id"]) or PersonState.empty(r["person_id"])
-        grant = state.find_grant(r["grant_id"])
+        payload = r.payload  # jsonb, decoded
+        state = states.get(r.person_id) or PersonState.empty(r.person_id)
+        grant = state.find_grant(r.grant_id)
         views.append({
-            **{c: cell(r[c]) for c in HOLD_COLUMNS},
-            "age_seconds": round((now - r["held_at"]).total_seconds()),
+            **{c: cell(getattr(r, c)) for c in HOLD_COLUMNS},
+            "age_seconds": round((now - r.held_at).total_seconds()),
             "explanation": payload["explanation"], "payee": payload["payee"],
             "basis": payload["basis"], "policy": payload["policy"],
             "base_grant_id": grant.base_grant_id if grant else None,
-            "facts": facts_of(state, r["enrollment_ref"], payload["basis"]),
-            "review": reviews.get(r["grant_id"]),
+            "facts": facts_of(state, r.enrollment_ref, payload["basis"]),
+            "review": reviews.get(r.grant_id),
         })
     return views
 
 
-def routes(pool: asyncpg.Pool, settings: ServiceSettings) -> list[BaseRoute]:
+def routes(pool: asyncpg.Pool, settings: ServiceSettings,
+           sessions: async_sessionmaker[AsyncSession]) -> list[BaseRoute]:
     tokens = auth.parse_tokens(settings.api_tokens, settings.agencies)
 
     async def agency_holds(request: Request) -> Response:
@@ -118,23 +129,27 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings) -> list[BaseRoute]:
         status = request.query_params.get("status", "open")
         if status not in ("open", "released", "denied", "voided", "all"):
             return _error(422, "invalid_status", "status is open, released, denied, voided or all")
-        rows = await pool.fetch(
-            "SELECT * FROM hold WHERE agency = $1 AND ($2 = 'all' OR status = $2)"
-            " ORDER BY held_at, grant_id LIMIT 1000", agency, status)
+        query = select(HoldRow).where(HoldRow.agency == agency)
+        if status != "all":
+            query = query.where(HoldRow.status == status)
+        async with sessions() as session:
+            rows = list(await session.exec(
+                query.order_by(col(HoldRow.held_at), col(HoldRow.grant_id)).limit(1000)))
+            views = await hold_views(session, rows)
         await audit(pool, who, "GET /agencies/{agency}/holds", agency)
-        return JSONResponse({"agency": agency, "status": status,
-                             "holds": await hold_views(pool, list(rows))})
+        return JSONResponse({"agency": agency, "status": status, "holds": views})
 
     async def one_hold(request: Request) -> Response:
         who = auth.principal(request)
         grant_id = request.path_params["grant_id"]
-        row = await pool.fetchrow("SELECT * FROM hold WHERE grant_id = $1", grant_id)
-        if row is None:
-            return _error(404, "not_found", f"no hold for grant {grant_id[:60]}")
-        if not who.sees(row["agency"]):
-            raise auth.Forbidden("this hold belongs to another agency")
-        await audit(pool, who, "GET /holds/{grant_id}", grant_id)
-        [view] = await hold_views(pool, [row])
+        async with sessions() as session:
+            found = await session.get(HoldRow, grant_id)
+            if found is None:
+                return _error(404, "not_found", f"no hold for grant {grant_id[:60]}")
+            if not who.sees(found.agency):
+                raise auth.Forbidden("this hold belongs to another agency")
+            await audit(pool, who, "GET /holds/{grant_id}", grant_id)
+            [view] = await hold_views(session, [found])
         return JSONResponse(view)
 
     async def review(request: Request) -> Response:
@@ -168,22 +183,28 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings) -> list[BaseRoute]:
     async def agency_reviews(request: Request) -> Response:
         agency = request.path_params["agency"]
         who = auth.require_agency(request, agency)
-        rows = await pool.fetch(
-            "SELECT r.*, h.status AS hold_status, h.amount_fen, h.rule FROM hold_review r"
-            " JOIN hold h USING (grant_id) WHERE r.agency = $1 ORDER BY r.reviewed_at DESC"
-            " LIMIT 1000", agency)
+        async with sessions() as session:
+            rows = [{**row(review), "hold_status": status, "amount_fen": amount_fen, "rule": rule}
+                    for review, status, amount_fen, rule in await session.exec(
+                        select(HoldReviewRow, HoldRow.status, HoldRow.amount_fen, HoldRow.rule)
+                        .join(HoldRow, col(HoldRow.grant_id) == HoldReviewRow.grant_id)
+                        .where(HoldReviewRow.agency == agency)
+                        .order_by(col(HoldReviewRow.reviewed_at).desc()).limit(1000))]
         await audit(pool, who, "GET /agencies/{agency}/reviews", agency)
         return JSONResponse({"agency": agency, "reviews": [
-            {k: cell(v) for k, v in dict(r).items()} for r in rows]})
+            {k: cell(v) for k, v in r.items()} for r in rows]})
 
     async def agency_reviewers(request: Request) -> Response:
         agency = request.path_params["agency"]
         who = auth.require_agency(request, agency)
-        counts = {r["reviewer"]: dict(r) for r in await pool.fetch(
-            "SELECT reviewer, count(*) AS reviews, count(*) FILTER (WHERE decision = 'release')"
-            " AS released, count(*) FILTER (WHERE decision = 'deny') AS denied,"
-            " max(reviewed_at) AS last_review FROM hold_review WHERE agency = $1"
-            " GROUP BY reviewer", agency)}
+        r = HoldReviewRow
+        async with sessions() as session:
+            counts = {c.reviewer: c._asdict() for c in await session.exec(
+                select(r.reviewer, func.count().label("reviews"),
+                       func.count().filter(r.decision == "release").label("released"),
+                       func.count().filter(r.decision == "deny").label("denied"),
+                       func.max(r.reviewed_at).label("last_review"))
+                .where(r.agency == agency).group_by(col(r.reviewer)))}
         configured = sorted(p.name for p in tokens.values()
                             if p.role == "reviewer" and p.agency == agency)
         names = sorted(set(configured) | set(counts))
@@ -196,8 +217,10 @@ def routes(pool: asyncpg.Pool, settings: ServiceSettings) -> list[BaseRoute]:
 
     async def audit_trail(request: Request) -> Response:
         auth.require_auditor(request)
-        rows = await pool.fetch("SELECT * FROM api_audit ORDER BY seq DESC LIMIT 1000")
-        return JSONResponse([{k: cell(v) for k, v in dict(r).items()} for r in rows])
+        async with sessions() as session:
+            rows = [row(a) for a in await session.exec(
+                select(ApiAuditRow).order_by(col(ApiAuditRow.seq).desc()).limit(1000))]
+        return JSONResponse([{k: cell(v) for k, v in r.items()} for r in rows])
 
     return [
         Route("/agencies/{agency}/holds", agency_holds),

@@ -1,19 +1,35 @@
 """PostgreSQL access for services: the pool, schema migrations, and the schema-version check.
 
-Each service database has one migration history: the runtime's files (``0000_*``) followed by
-the service's own, applied in file-name order and recorded in ``schema_migrations``. A service
-refuses to start on a database whose schema is behind its code.
+Each service database has one Alembic environment (``services/<name>/alembic/``) whose models
+are the runtime's tables (``shared/runtime/tables.py``) and the service's
+(``services/<name>/store.py``). ``migrate`` upgrades it to head; a service refuses to start on a
+database whose revision is not its code's head. The hot path uses asyncpg (``create_pool``); the
+query APIs read through SQLModel's ``AsyncSession`` (``session_factory``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from ssl import SSLContext, create_default_context
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import orjson
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-RUNTIME_MIGRATIONS = Path(__file__).with_name("migrations")
+if TYPE_CHECKING:
+    from shared.runtime.settings import ServiceSettings
+
+MIGRATION_LOCK = 7261001  # pg_advisory_lock key: one migrator at a time per database
+# The query APIs' own connections, beside the hot path's asyncpg pool (max_size 6).
+SESSION_POOL_SIZE = 2
+SESSION_MAX_OVERFLOW = 2
 
 # What a lost or restarting database raises: the batch, relay or sweep is retried with a
 # bounded backoff, never left to kill its task. InternalClientError is asyncpg's own state
@@ -39,13 +55,6 @@ def refused(exc: BaseException) -> bool:
 
 class SchemaBehind(RuntimeError):
     """The database lacks migrations the code needs; run the service's ``migrate`` command."""
-
-
-def migration_files(service_dir: Path) -> list[Path]:
-    files = sorted(RUNTIME_MIGRATIONS.glob("*.sql")) + sorted(
-        (service_dir / "migrations").glob("*.sql")
-    )
-    return sorted(files, key=lambda p: p.name)
 
 
 def ssl_option(sslmode: str | None, rootcert: str | None = None) -> SSLContext | str | None:
@@ -104,46 +113,138 @@ async def fetch_for(conn: asyncpg.Connection, keys: list[Any], sql: str) -> list
     return await conn.fetch(sql, keys) if keys else []
 
 
-async def applied_versions(conn: asyncpg.Connection) -> set[str]:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
-        return set()
-    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+def engine(dsn: str, *, ssl: SSLContext | str | None = None, **options: Any) -> AsyncEngine:
+    """A SQLAlchemy engine on asyncpg that connects exactly as ``create_pool`` does: the DSN
+    (``sslmode`` and other libpq parameters included) and ``ssl`` go to ``asyncpg.connect``
+    unchanged. jsonb columns decode with orjson, as the services read them elsewhere."""
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, command_timeout=60, **connect_kwargs(ssl))
+
+    options.setdefault("poolclass", NullPool)
+    return create_async_engine("postgresql+asyncpg://", async_creator=connect,
+                               json_deserializer=orjson.loads, **options)
+
+
+def session_factory(settings: ServiceSettings) -> async_sessionmaker[AsyncSession]:
+    """SQLModel ``AsyncSession``s on the service database for the query APIs (reads), on a
+    pool of their own (SESSION_POOL_SIZE + SESSION_MAX_OVERFLOW connections, opened on first
+    use); ``dispose_sessions`` closes it at shutdown."""
+    bound = engine(
+        settings.database_url, ssl=ssl_option(settings.database_sslmode, settings.database_sslrootcert),
+        poolclass=None, pool_size=SESSION_POOL_SIZE, max_overflow=SESSION_MAX_OVERFLOW,
+        pool_pre_ping=True,
+    )
+    return async_sessionmaker(bound, class_=AsyncSession, expire_on_commit=False)
+
+
+async def dispose_sessions(factory: async_sessionmaker[AsyncSession]) -> None:
+    await factory.kw["bind"].dispose()
+
+
+def alembic_config(service_dir: Path) -> Config:
+    """The service's Alembic environment (``<service_dir>/alembic``), without an ini file."""
+    config = Config()
+    config.set_main_option("script_location", str(service_dir / "alembic"))
+    return config
+
+
+def head(service_dir: Path) -> str:
+    heads = ScriptDirectory.from_config(alembic_config(service_dir)).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"{service_dir / 'alembic'} has {len(heads)} heads {heads}; merge them")
+    return heads[0]
+
+
+def _legacy(service_dir: Path) -> tuple[str, tuple[str, ...]]:
+    """The baseline revision and the versions the former SQL-file runner recorded on a database
+    that has everything the baseline creates (the service's baseline module says which)."""
+    script = ScriptDirectory.from_config(alembic_config(service_dir))
+    [base] = script.get_bases()
+    module = script.get_revision(base).module
+    return base, tuple(module.LEGACY_VERSIONS)
+
+
+async def revision(conn: Any) -> str | None:
+    """The database's Alembic revision (None: never migrated by Alembic)."""
+    if not await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"):
+        return None
+    found: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+    return found
 
 
 async def migrate(dsn: str, service_dir: Path, *, ssl: SSLContext | str | None = None) -> list[str]:
-    """Apply every migration not yet applied, each in its own transaction; return their names."""
-    conn = await asyncpg.connect(dsn, **connect_kwargs(ssl))
+    """Upgrade the database to the head revision of the service's Alembic environment, each
+    revision in its own transaction; return the revisions applied.
+
+    A database the former SQL-file runner built (``schema_migrations`` holds every file the
+    baseline replaces) is stamped at the baseline, never re-created, and then upgraded; one
+    holding only some of them is refused (upgrade it with the release before Alembic first)."""
+    bound = engine(dsn, ssl=ssl)
+    config = alembic_config(service_dir)
     try:
-        # One migrator at a time per database, whichever replica starts first.
-        await conn.execute("SELECT pg_advisory_lock(7261001)")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = await applied_versions(conn)
-        applied = []
-        for path in migration_files(service_dir):
-            if path.stem in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
-            applied.append(path.stem)
-        return applied
+        async with bound.connect() as conn:
+            # One migrator at a time per database, whichever replica starts first.
+            await conn.execute(text(f"SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            await conn.commit()
+            stamped = await _stamp_legacy(conn, service_dir, config)
+
+            def upgrade(sync_conn: Any) -> None:
+                config.attributes["connection"] = sync_conn
+                command.upgrade(config, "head")
+
+            await conn.run_sync(upgrade)
+            await conn.commit()
     finally:
-        await conn.close()
+        await bound.dispose()
+    return stamped + [str(r) for r in config.attributes.get("applied", [])]
+
+
+async def _stamp_legacy(conn: Any, service_dir: Path, config: Config) -> list[str]:
+    tables = {r[0] for r in await conn.execute(text(
+        "SELECT c.relname FROM pg_class c WHERE c.relname IN ('alembic_version', 'schema_migrations')"
+        " AND c.relkind = 'r' AND pg_table_is_visible(c.oid)"))}
+    if "alembic_version" in tables or "schema_migrations" not in tables:
+        return []
+    base, legacy = _legacy(service_dir)
+    done = {r[0] for r in await conn.execute(text("SELECT version FROM schema_migrations"))}
+    missing = [v for v in legacy if v not in done]
+    if missing:
+        raise SchemaBehind(
+            f"the database was built by the SQL-file migrations before Alembic and lacks {missing}:"
+            " migrate it with the release before Alembic first (docs/OPERATIONS.md, Upgrading)"
+        )
+
+    def stamp(sync_conn: Any) -> None:
+        config.attributes["connection"] = sync_conn
+        command.stamp(config, base)
+
+    await conn.run_sync(stamp)
+    await conn.commit()
+    return [f"{base} (stamped: built by the SQL-file migrations)"]
 
 
 async def check_schema(pool: asyncpg.Pool, service_dir: Path) -> None:
+    """Refuse to serve unless the database's Alembic revision is the code's head."""
     async with pool.acquire() as conn:
-        done = await applied_versions(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
-    missing = [p.stem for p in migration_files(service_dir) if p.stem not in done]
-    if missing:
+        current = await revision(conn)
+    wanted = head(service_dir)
+    if current == wanted:
+        return
+    if current is None:
         raise SchemaBehind(
-            f"database schema is behind the code; missing migrations {missing}: "
-            "run `python -m services.<name> migrate` (make up does this)"
+            "database schema is behind the code; it has no Alembic revision (head is "
+            f"{wanted}): run `python -m services.<name> migrate` (make up does this)"
         )
+    script = ScriptDirectory.from_config(alembic_config(service_dir))
+    if current not in {s.revision for s in script.walk_revisions()}:
+        raise SchemaBehind(
+            f"database is at revision {current}, which this code does not know (migrated by a "
+            f"newer release?); its head is {wanted}"
+        )
+    raise SchemaBehind(
+        f"database schema is behind the code; at revision {current}, head is {wanted}: "
+        "run `python -m services.<name> migrate` (make up does this)"
+    )
 
 
 async def ensure_database(dsn: str, *, ssl: SSLContext | str | None = None) -> None:

@@ -1,7 +1,7 @@
 """Parked records (order tolerance): store a record that waits for something, bring it back,
 and dead-letter it as ``unknown_reference`` when the waiting period is over.
 
-The ``pending`` table is part of every service database (migrations/0000_runtime.sql); a
+The ``pending`` table is part of every service database (shared/runtime/tables.py); a
 record is parked under a service-chosen ``ref`` and replayed, in arrival order, by the batch
 that sees what it waited for.
 

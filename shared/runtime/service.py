@@ -75,7 +75,9 @@ class ServiceDefinition:
     # The contract topics it publishes to (through the outbox), besides its DLQ: the AsyncAPI
     # document declares a publisher for each.
     outputs: tuple[str, ...] = ()
-    routes: Callable[[asyncpg.Pool, ServiceSettings], list[BaseRoute]] = lambda pool, s: []
+    # (hot-path pool for writes, settings, SQLModel AsyncSession factory for reads) -> routes
+    routes: Callable[[asyncpg.Pool, ServiceSettings, Any], list[BaseRoute]] = (
+        lambda pool, s, sessions: [])
     sweeps: tuple[Sweep, ...] = field(default_factory=tuple)
     on_start: OnStart | None = None  # one-off work once the database is reachable
     # What /openapi.json adds to the routes per path template: query parameters, request body
@@ -555,8 +557,12 @@ def create_service_app(
             crash_after_db_commit=settings.crash_after_db_commit,
         )
         batches.on_failure = lambda exc: runtime.failed.set()
+        # The query APIs read through SQLModel AsyncSessions on their own small pool (db.py).
+        sessions = db.session_factory(settings)
+        runtime.closers.append(lambda: db.dispose_sessions(sessions))
         app.http = http_app(
-            runtime, definition.routes(pool, settings), tokens, title=f"{definition.name} service",
+            runtime, definition.routes(pool, settings, sessions), tokens,
+            title=f"{definition.name} service",
             metrics_here=settings.metrics_port is None, protect_metrics=not settings.development,
             described=definition.openapi, asyncapi=schema,
         )

@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import orjson
@@ -20,7 +19,7 @@ from shared.contract.envelope import encode_raw
 from shared.runtime import db
 from shared.runtime.consumer import BatchConsumer, Incoming
 from shared.runtime.outbox import Outbox
-from tests.harness import PG
+from tests.harness import PG, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +46,14 @@ class NoRelay:
 
 
 @pytest.fixture
-async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
-    (tmp_path / "migrations").mkdir()
-    (tmp_path / "migrations" / "0001_handled.sql").write_text(
-        "CREATE TABLE handled (seq bigserial PRIMARY KEY, id text NOT NULL,"
-        " hours numeric NOT NULL CHECK (hours <= 10));"
-    )
+async def pool() -> AsyncIterator[asyncpg.Pool]:
     url = f"{PG}/isolation_{uuid.uuid4().hex[:8]}"
     await db.ensure_database(url)
-    await db.migrate(url, tmp_path)
+    await db.migrate(url, ROOT / "services" / "assessment")  # the runtime's tables (and some)
     pool = await db.create_pool(url)
+    await pool.execute(  # the test handler's own table
+        "CREATE TABLE handled (seq bigserial PRIMARY KEY, id text NOT NULL,"
+        " hours numeric NOT NULL CHECK (hours <= 10))")
     yield pool
     await pool.close()
     conn = await asyncpg.connect(f"{PG}/postgres")
