@@ -144,14 +144,18 @@ Translate = Callable[[Any], Command]
 # A person's attendance on given dates over all their enrollments (every institution, agency).
 # Driven from the batch's (person, date) pairs through the indexes (enrollment by person,
 # attendance by (enrollment_ref, date)): LATERAL keeps the planner from hashing whole tables,
-# which made every batch slower as the history grew (2.7 s a batch at 6,000 persons).
+# which made every batch slower as the history grew (2.7 s a batch at 6,000 persons). The
+# ``OFFSET 0`` keeps the planner from flattening the attendance subquery: flattened, it probed
+# the attendance index by enrollment_ref alone and filtered every date of the enrollment
+# afterwards (321 against 122 ms for a 5,000-pair batch, EXPLAIN ANALYZE at 20,000 persons).
 PERSON_DAYS = (
     "SELECT p.person_id, e.enrollment_ref, e.agency, a.date, a.hours"
     " FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::date[])) AS p(person_id, date)"
     " CROSS JOIN LATERAL (SELECT enrollment_ref, agency FROM enrollment"
     "  WHERE enrollment.person_id = p.person_id) AS e"
     " CROSS JOIN LATERAL (SELECT attendance.date, attendance.hours FROM attendance"
-    "  WHERE attendance.enrollment_ref = e.enrollment_ref AND attendance.date = p.date) AS a"
+    "  WHERE attendance.enrollment_ref = e.enrollment_ref AND attendance.date = p.date"
+    "  OFFSET 0) AS a"
 )
 
 
