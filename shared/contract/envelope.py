@@ -13,6 +13,7 @@ import operator
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,15 @@ def _check_identifier(attr: str, text: str) -> None:
 def _check_integers(data: Payload) -> None:
     """Every integer the payload keeps fits PostgreSQL's bigint (JSON and Python have no bound;
     a lax ``int`` field also takes an integral float such as 1e19)."""
+    top, nested = _integer_readers(type(data))
+    if top is not None:
+        for number in top(data):
+            if type(number) is int and not -BIGINT - 1 <= number <= BIGINT:
+                break
+        else:
+            top = None  # the common case: every top-level integer fits
+    if top is None and not nested:
+        return
     for path in _integer_paths(type(data)):
         value: Any = data
         for name in path:
@@ -185,6 +195,20 @@ def _check_integers(data: Payload) -> None:
         if type(value) is int and not -BIGINT - 1 <= value <= BIGINT:
             raise DecodeError("integer_out_of_range",
                               f"{'.'.join(path)} is beyond the 64-bit integer range")
+
+
+@functools.cache
+def _integer_readers(model: type[Payload]) -> tuple[Callable[[Any], tuple[Any, ...]] | None, bool]:
+    """One C call reading every top-level integer field of ``model`` (as a tuple), and whether
+    it has nested ones (read by the general walk): per record, once per model type."""
+    names = [path[0] for path in _integer_paths(model) if len(path) == 1]
+    nested = any(len(path) > 1 for path in _integer_paths(model))
+    if not names:
+        return None, nested
+    getter = operator.attrgetter(*names)
+    if len(names) == 1:
+        return (lambda data: (getter(data),)), nested
+    return getter, nested
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.runtime import db, logs, metrics
-from shared.runtime.outbox import Outbox, RawRecord, Relay
+from shared.runtime.outbox import Outbox, Record, Relay
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ class Incoming:
     """A decoded event with the record it came in, for dead-lettering or parking."""
 
     event: CloudEvent
-    record: RawRecord
+    record: Record
 
 
 Handler = Callable[[asyncpg.Connection, list[Incoming], Outbox], Awaitable[None]]
 
 
 def decode_records(
-    records: Sequence[RawRecord], agencies: frozenset[str], out: Outbox, topic_prefix: str = ""
+    records: Sequence[Record], agencies: frozenset[str], out: Outbox, topic_prefix: str = ""
 ) -> list[Incoming]:
     """Decode every record; dead-letter the bad ones and in-batch conflicting duplicates."""
     good: list[Incoming] = []
@@ -377,10 +377,7 @@ class BatchConsumer:
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
-        records = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value)
-            for records in batch.values() for r in records
-        ]
+        records: list[Record] = [r for records in batch.values() for r in records]
         metrics.BATCH_SIZE.observe(len(records))
         self.in_batch = True  # /healthz shows it: the bench observes replicas working at once
         try:
@@ -397,7 +394,7 @@ class BatchConsumer:
             log.warning("test hook: exiting between database commit and offset commit")
             os._exit(17)
 
-    async def store(self, records: list[RawRecord]) -> None:
+    async def store(self, records: list[Record]) -> None:
         """Decode, claim, handle and write ``records`` in one transaction."""
         out = self.make_outbox()
         decoded = decode_records(records, self.agencies, out, out.topic_prefix)
@@ -411,7 +408,7 @@ class BatchConsumer:
             log.debug("batch committed", extra={"records": len(records), "fresh": len(fresh)})
         self.progressed_at = time.monotonic()
 
-    async def isolate(self, records: list[RawRecord], exc: BaseException) -> None:
+    async def isolate(self, records: list[Record], exc: BaseException) -> None:
         """The database refused something in ``records`` (db.refused): it is a record's fault
         and retrying would fail forever. Split the records in halves, each stored in its own
         transaction, first to last (so each partition keeps its order), until the record that

@@ -111,3 +111,22 @@ def test_data_integrity_and_limit_errors_are_the_records_fault(exc: BaseExceptio
 ])
 def test_connection_contention_and_shutdown_errors_are_transient(exc: BaseException) -> None:
     assert not db.refused(exc)
+
+
+@pytest.mark.parametrize(("fields", "path"), [
+    (dict(wages_fen=2**63), "wages_fen"),  # the one top-level integer
+    (dict(year=2026, budget_fen=1, committed_fen=-(2**63) - 1, threshold_bp=8000), "committed_fen"),
+    (dict(year=2026, budget_fen=1, committed_fen=1, threshold_bp=2**64), "threshold_bp"),
+])
+def test_a_top_level_integer_beyond_bigint_is_refused_whichever_field(fields: dict[str, Any], path: str) -> None:
+    # The top-level fields are read in one call per model (envelope._integer_readers); every
+    # one of them is checked, not only the first.
+    from shared.contract import envelope, events
+
+    model: Any = events.WorkTrainingMonthRecorded if "wages_fen" in fields else events.BudgetThresholdReached
+    with pytest.raises(DecodeError) as refused:
+        envelope._check_integers(model.model_construct(**fields))
+    assert refused.value.code == "integer_out_of_range"
+    assert refused.value.detail.startswith(path)
+    fitting = {k: (v if abs(v) < 2**63 else 2**63 - 1) for k, v in fields.items()}
+    envelope._check_integers(model.model_construct(**fitting))
