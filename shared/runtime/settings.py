@@ -172,6 +172,14 @@ class ServiceSettings(BaseSettings):
         "consumer is idle); the inbox absorbs what a crash makes it read again",
     )
     relay_batch_size: int = 5000
+    gc_threshold: int = Field(
+        50_000, ge=0,
+        description="the cyclic garbage collector's first-generation threshold (Python's "
+        "default is 700); the objects alive at startup are frozen out of its scans. A batch "
+        "allocates hundreds of thousands of objects that reference counting frees: at 700 the "
+        "collector ran so often that it tripled the cost of decoding a person's state. 0 keeps "
+        "Python's defaults",
+    )
     pending_wait_seconds: float = Field(
         3600.0,
         description="how long a record referring to something not yet seen waits before it "
