@@ -166,7 +166,13 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = ""
     auto_offset_reset: str = "earliest"
     batch_max_records: int = 5000
-    batch_timeout_ms: int = 50
+    batch_timeout_ms: int = Field(
+        10, ge=1,
+        description="how long a poll waits for records; after an empty one FastStream's batch "
+        "subscriber sleeps as long again, deaf to what arrives, so this bounds the wait a "
+        "record that finds the service idle adds to its decision's latency (50 ms took the "
+        "p50 of decisions caused by training records from 138 to 198 ms in the benchmark)",
+    )
     commit_interval_ms: int = Field(
         200, description="Kafka offsets are committed at most this often (and whenever the "
         "consumer is idle); the inbox absorbs what a crash makes it read again",
