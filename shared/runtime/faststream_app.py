@@ -106,6 +106,7 @@ def subscribe_batches(
     group_id: str,
     max_records: int,
     batch_timeout_ms: int,
+    fetch_max_wait_ms: int,
     auto_offset_reset: str,
     assignors: Sequence[type],
     title: str,
@@ -125,6 +126,10 @@ def subscribe_batches(
         partition_assignment_strategy=tuple(assignors),
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
+        # aiokafka fetches only the partitions with nothing buffered and keeps one fetch in
+        # flight per broker: while a batch is handled, that can be a fetch of idle partitions
+        # only, which the broker holds this long, and every other partition waits for it.
+        fetch_max_wait_ms=fetch_max_wait_ms,
         ack_policy=AckPolicy.MANUAL,
         parser=raw_parser,
         decoder=raw_decoder,

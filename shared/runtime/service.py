@@ -475,6 +475,7 @@ def declare_broker(
         group_id=settings.group_id,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         auto_offset_reset=settings.auto_offset_reset,
         assignors=(CoPartitionedAssignor,),
         title=f"{definition.name}:consume",

@@ -173,6 +173,14 @@ class ServiceSettings(BaseSettings):
         "record that finds the service idle adds to its decision's latency (50 ms took the "
         "p50 of decisions caused by training records from 138 to 198 ms in the benchmark)",
     )
+    fetch_max_wait_ms: int = Field(
+        20, ge=1,
+        description="how long the broker may hold a fetch that finds no new records (aiokafka's "
+        "default is 500). aiokafka keeps one fetch in flight per broker and leaves out the "
+        "partitions that still have records buffered, so while a batch is handled the fetch in "
+        "flight can cover idle partitions only; everything arriving meanwhile waited for it "
+        "(the 370-500 ms stalls behind the latency of decisions caused by assessment records)",
+    )
     commit_interval_ms: int = Field(
         200, description="Kafka offsets are committed at most this often (and whenever the "
         "consumer is idle); the inbox absorbs what a crash makes it read again",

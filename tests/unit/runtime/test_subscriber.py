@@ -56,6 +56,8 @@ def test_each_service_has_one_batch_subscriber_on_its_input_topics_with_manual_a
     assert options["partition_assignment_strategy"] == (CoPartitionedAssignor,)
     assert options["auto_offset_reset"] == settings.auto_offset_reset
     assert (options["max_partition_fetch_bytes"], options["fetch_max_bytes"]) == (4 << 20, 16 << 20)
+    # Not aiokafka's 500 ms: a fetch of idle partitions must not hold back the busy ones.
+    assert options["fetch_max_wait_ms"] == settings.fetch_max_wait_ms == 20
     assert all(not t.declare for t in subscriber.topics)  # created beforehand, with retention
     published = {p.topic for p in broker.publishers}  # type: ignore[attr-defined]
     assert published == {f"t1.{t}" for t in (*definition.outputs, topics.dlq(name))}
