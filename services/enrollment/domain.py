@@ -41,7 +41,7 @@ class Enrollment:
     start_date: dt.date
     end_date: dt.date
     planned_hours: int
-    accepted: dict[str, object]
+    accepted: dict[str, object] | None  # the EnrollmentAccepted payload; loaded only when closing
     event_time: dt.datetime
     status: str = "open"
     closed_on: dt.date | None = None
@@ -441,8 +441,8 @@ class Decider:
     def closed(self, enr: Enrollment, c: Command, status: str, on: dt.date) -> None:
         """The first closing record closes the enrollment and publishes TrainingCompleted or
         EnrollmentWithdrawn."""
-        if enr.attendance is None:
-            raise LookupError(f"the snapshot lacks the attendance of {enr.enrollment_ref}")
+        if enr.attendance is None or enr.accepted is None:
+            raise LookupError(f"the snapshot lacks the attendance or payload of {enr.enrollment_ref}")
         t = totals(enr)
         enr.status, enr.closed_on = status, on
         enr.hours_attended, enr.days_attended = t.hours, t.days

@@ -128,7 +128,8 @@ async def _enrollment_contract(run: Unit) -> None:
     ]
     snap = await run("load", commands, translate)
     assert snap.enrollments == {
-        r1: enrollment(r1, pid, "C-1", months={"2026-03": (400000, 1)}),
+        # The accepted payload only of the enrollment a command of the batch closes (r2).
+        r1: enrollment(r1, pid, "C-1", months={"2026-03": (400000, 1)}, accepted=None),
         r2: enrollment(r2, pid, "C-2", attendance={D(2026, 3, 2): Decimal(3)}),
     }
     assert list(snap.enrollments) == [r1, r2]  # in ref order: the duplicate check names the first
