@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import gc
 import hashlib
 import hmac
 import importlib
@@ -49,6 +48,7 @@ from shared.contract.asyncapi import ENVELOPE, payload_of
 from shared.runtime import auth, crypto, db, faststream_app, logs, metrics, pending
 from shared.runtime.assignor import CoPartitionedAssignor
 from shared.runtime.consumer import BatchConsumer, Handler
+from shared.runtime.gc_tuning import tune_gc
 from shared.runtime.http import BadRequest, BoundBodies, bad_request, openapi_document
 from shared.runtime.outbox import Outbox, Relay
 from shared.runtime.settings import ServiceSettings
@@ -276,18 +276,6 @@ FINGERPRINT_LABEL = b"skills.person-id-secret.fingerprint.v1"
 def secret_fingerprint(secret: str) -> str:
     """What a database records of PERSON_ID_SECRET: an HMAC of a fixed label, never the secret."""
     return hmac.new(secret.encode("utf-8"), FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
-
-
-def tune_gc(threshold: int) -> None:
-    """Fewer cyclic garbage collections (``GC_THRESHOLD``): what is alive once the service is
-    imported and built (modules, classes, settings, policies) is frozen out of every scan, and
-    the first generation is collected every ``threshold`` net allocations instead of 700.
-    Reference counting still frees almost everything a batch allocates the moment it is done."""
-    if threshold <= 0:
-        return
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(threshold, second, third)
 
 
 async def check_fingerprint(pool: asyncpg.Pool, settings: ServiceSettings) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.runtime.service import tune_gc
+from shared.runtime.gc_tuning import tune_gc
 from services.enrollment.config import EnrollmentSettings
 
 
