@@ -405,7 +405,7 @@ class MemoryEnrollmentStore:
             if ref in refs or enr.person_id in persons:
                 snapshot.enrollments[ref] = replace(
                     enr, accepted=copy.deepcopy(enr.accepted) if ref in closing else None)
-        for ref in {c.enrollment_ref for c in commands if isinstance(c, CLOSING)}:
+        for ref in closing:
             if ref in snapshot.enrollments:
                 snapshot.enrollments[ref].attendance = {
                     d: h for (r, d), h in self.attendance.items() if r == ref}

@@ -1,5 +1,5 @@
-"""The cyclic garbage collector's tuning for long-running, allocation-heavy processes (the
-services and the what-if and correction runs): ``GC_THRESHOLD``."""
+"""The cyclic garbage collector's tuning for the services (``GC_THRESHOLD``): long-running,
+allocation-heavy processes."""
 
 from __future__ import annotations
 
