@@ -45,7 +45,8 @@ class PersonStateRow(SubsidyTable, table=True):
     )
     person_id: str = column(sa.Text, primary_key=True)
     # JSON text, not jsonb: jsonb reorders object keys, and the engine's state keeps facts in
-    # arrival order (ties such as "latest start first" fall back to that order).
+    # arrival order (ties such as "latest start first" fall back to that order). Compressed with
+    # LZ4 (revision 0002; the column's compression method is not in the model).
     state: str = column(sa.Text)
     updated_at: dt.datetime | None = column(TIMESTAMPTZ, server_default=NOW)
     has_pending: bool | None = column(sa.Boolean, server_default=sa.text("false"))

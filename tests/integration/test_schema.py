@@ -26,6 +26,8 @@ from tests.harness import PG, ROOT
 pytestmark = pytest.mark.integration
 
 SERVICES = ("enrollment", "assessment", "subsidy")
+# Each environment's revisions, in order (the last is its head).
+REVISIONS = {"enrollment": ["0001"], "assessment": ["0001"], "subsidy": ["0001", "0002"]}
 LEGACY_SQL = ROOT / "tests" / "fixtures" / "legacy_sql"  # main's SQL files before Alembic
 
 
@@ -72,7 +74,7 @@ async def database() -> AsyncIterator[Callable[[], Any]]:
 async def test_a_fresh_database_migrated_to_head_is_exactly_the_models(service, database) -> None:
     url = await database()
     applied = await db.migrate(url, ROOT / "services" / service)
-    assert applied == ["0001"]
+    assert applied == REVISIONS[service]
     assert await differences(url, metadata_of(service)) == []
     assert await db.migrate(url, ROOT / "services" / service) == []  # nothing left to apply
     pool = await db.create_pool(url)
@@ -90,6 +92,24 @@ def _copy(metadata: list[sa.MetaData]) -> list[sa.MetaData]:
             table.to_metadata(copy)
         copies.append(copy)
     return copies
+
+
+async def test_person_states_are_compressed_with_lz4(database) -> None:
+    """Revision 0002 (issue #18): the state every batch rewrites is compressed with LZ4; a state
+    written after the upgrade is stored so."""
+    url = await database()
+    await db.migrate(url, ROOT / "services" / "subsidy")
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'person_state'::regclass AND attname = 'state'") == b"l"
+        await conn.execute("INSERT INTO person_state (person_id, state) VALUES ('p', $1)",
+                           '{"log": "' + "compressible " * 1000 + '"}')
+        assert await conn.fetchval(
+            "SELECT pg_column_compression(state) FROM person_state WHERE person_id = 'p'") == "lz4"
+    finally:
+        await conn.close()
 
 
 async def test_a_model_that_differs_from_the_migrated_database_is_found(database) -> None:
@@ -152,7 +172,7 @@ async def test_a_database_built_by_the_former_sql_files_is_stamped_not_recreated
         await conn.execute("INSERT INTO inbox (source, id, digest) VALUES ('/t', 'kept', '\\x00')")
         done = _migrate_command(service, url)
         assert done.returncode == 0, done.stderr
-        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == REVISIONS[service][-1]
         # Not re-created: the row written before the upgrade is still there.
         assert await conn.fetchval("SELECT count(*) FROM inbox WHERE id = 'kept'") == 1
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(
