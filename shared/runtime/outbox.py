@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.contract import envelope
 from shared.contract.events import TYPE_OF, Payload
@@ -196,6 +197,8 @@ class Relay:
         # lower seq (another replica's concurrent transaction).
         self.after = 0
         self.full_scan_due = 0.0
+        # The partition of a key, as the producer's ``send`` would choose it (murmur2, Java's).
+        self.partitioner = DefaultPartitioner()
 
     async def renew_producer(self) -> None:
         """A fresh idempotent producer: after a broker outage the old one's sequence numbers
@@ -246,6 +249,42 @@ class Relay:
                 except TimeoutError:
                     pass
 
+    async def send(self, rows: list[asyncpg.Record]) -> None:
+        """Publish ``rows`` (in ``seq`` order) and wait until the broker has them all.
+
+        Each row goes to the partition its key gives (the producer's default partitioner, as
+        ``send`` would choose), appended to a record batch per topic partition that is sent
+        whole when full and at the end: one future per batch instead of one per record (the
+        relay took about 50 µs a row with a ``send`` per row). Rows of one partition keep their
+        order: they are appended in ``seq`` order and a partition's batches are queued in the
+        order they are sent."""
+        producer = self.producer
+        futures = []
+        batches: dict[tuple[str, int], Any] = {}
+        partitions: dict[str, list[int]] = {}
+        parsed: dict[str, list[tuple[str, bytes]]] = {}  # most rows share their headers
+        for row in rows:
+            topic, key, value = row["topic"], bytes(row["key"]), bytes(row["value"])
+            headers = parsed.get(row["headers"])
+            if headers is None:
+                headers = parsed[row["headers"]] = [
+                    (k, v.encode()) for k, v in orjson.loads(row["headers"])
+                ]
+            of_topic = partitions.get(topic)
+            if of_topic is None:
+                of_topic = partitions[topic] = sorted(await producer.partitions_for(topic))
+            partition = self.partitioner(key, of_topic, of_topic)
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[topic, partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[topic, partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
+        for (topic, partition), batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
     async def publish_once(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
@@ -264,21 +303,7 @@ class Relay:
                     metrics.OUTBOX_AGE.set(0)
                 return 0
             metrics.OUTBOX_AGE.set(max(0.0, time.time() - rows[0]["created_at"].timestamp()))
-            futures = []
-            parsed: dict[str, list[tuple[str, bytes]]] = {}  # most rows share their headers
-            for row in rows:
-                headers = parsed.get(row["headers"])
-                if headers is None:
-                    headers = parsed[row["headers"]] = [
-                        (k, v.encode()) for k, v in orjson.loads(row["headers"])
-                    ]
-                futures.append(
-                    await self.producer.send(
-                        row["topic"], value=bytes(row["value"]),
-                        key=bytes(row["key"]), headers=headers,
-                    )
-                )
-            await asyncio.gather(*futures)
+            await self.send(rows)
             await conn.execute(
                 "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
             )

@@ -148,6 +148,21 @@ class FakePool:
         yield FakeConnection(self.tables)
 
 
+class FakeBatch:
+    """aiokafka's BatchBuilder as the relay uses it: full after ``capacity`` records."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None,
+               headers: list[tuple[str, bytes]]) -> object | None:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value, headers))
+        return object()
+
+
 class FakeProducer:
     """Sends succeed (in order) unless ``failing``; each send returns its delivery future."""
 
@@ -163,6 +178,21 @@ class FakeProducer:
             future.set_exception(ConnectionError("broker away"))
         else:
             self.sent.append((topic, key, value, headers))
+            future.set_result(None)
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failing:
+            future.set_exception(ConnectionError("broker away"))
+        else:
+            self.sent += [(topic, key, value, headers) for key, value, headers in batch.records]
             future.set_result(None)
         return future
 
