@@ -181,6 +181,15 @@ class ServiceSettings(BaseSettings):
         "flight can cover idle partitions only; everything arriving meanwhile waited for it "
         "(the 370-500 ms stalls behind the latency of decisions caused by assessment records)",
     )
+    top_up_after_ms: int = Field(
+        20, ge=0,
+        description="a poll whose newest record is older than this was fetched while the "
+        "previous batch was handled, and aiokafka fetches a partition again only once its "
+        "buffered records are taken: what arrived since is still on the broker. The batch then "
+        "polls once more (waiting up to fetch_max_wait_ms) and takes it too, instead of running "
+        "a batch of the few records one fetch caught and leaving the rest to wait behind it. "
+        "0: never",
+    )
     commit_interval_ms: int = Field(
         200, description="Kafka offsets are committed at most this often (and whenever the "
         "consumer is idle); the inbox absorbs what a crash makes it read again",

@@ -32,6 +32,16 @@ class FakeConsumer:
         self.paused_set: set[TopicPartition] = set()
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
+        self.on_broker: list[Record] = []  # what a getmany of the pipeline's own returns
+        self.polls: list[tuple[int, int]] = []  # (timeout_ms, max_records) of those getmany
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        self.polls.append((timeout_ms, max_records))
+        taken, self.on_broker = self.on_broker[:max_records], self.on_broker[max_records:]
+        found: dict[TopicPartition, list[Record]] = {}
+        for r in taken:
+            found.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        return found
 
     def subscription(self) -> set[str]:
         return set(self.topics)
@@ -154,7 +164,6 @@ class FakeBatch:
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
-
     def append(self, *, key: bytes, value: bytes, timestamp: None,
                headers: list[tuple[str, bytes]]) -> object | None:
         if len(self.records) >= self.capacity:

@@ -6,6 +6,7 @@ error, stop on anything else). The same statements run on PostgreSQL in tests/in
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -149,6 +150,51 @@ async def test_a_poll_is_handled_and_its_offsets_committed_only_once_the_relay_p
     await batches.tick()
     assert consumer.commits == [{TP0: 3, TP1: 1}]
     assert batches.healthy
+
+
+async def test_a_stale_poll_takes_what_waits_on_the_broker_into_the_same_batch() -> None:
+    """The poll's newest record is older than top_up_after_ms: it was fetched while the previous
+    batch ran, and what arrived since is still on the broker (aiokafka fetched nothing more for
+    its partitions). One more poll takes it into this batch."""
+    tables = Tables()
+    consumer = FakeConsumer([UP], {TP0: 5, TP1: 2})
+    batches_seen: list[list[str]] = []
+
+    async def handler(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        batches_seen.append([i.event.id for i in items])
+
+    batches = pipeline(consumer, tables, handler)
+    batches.top_up_after_ms, batches.top_up_wait_ms = 20, 7
+    stale = int(time.time() * 1000) - 500
+    consumer.on_broker = [Record(UP, 0, o, stale + 400, b"k", attendance(f"a{o}")) for o in (2, 3, 4)]
+    consumer.on_broker += [Record(UP, 1, o, stale + 400, b"k", attendance(f"b{o}")) for o in (0, 1)]
+    await batches.handle([Record(UP, 0, o, stale, b"k", attendance(f"a{o}")) for o in (0, 1)])
+    assert consumer.polls == [(7, 98)]  # waits at most the fetch wait, for what the batch may take
+    assert batches_seen == [["a0", "a1", "a2", "a3", "a4", "b0", "b1"]]
+    tables.outbox.clear()
+    await batches.tick()
+    assert consumer.commits == [{TP0: 5, TP1: 2}]
+
+
+async def test_a_fresh_poll_or_a_full_one_is_handled_as_it_is() -> None:
+    tables = Tables()
+    consumer = FakeConsumer([UP], {TP0: 200})
+    batches_seen: list[int] = []
+
+    async def handler(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        batches_seen.append(len(items))
+
+    batches = pipeline(consumer, tables, handler)
+    batches.top_up_after_ms = 20
+    consumer.on_broker = [Record(UP, 0, 150, 0, b"k", attendance("late"))]
+    now = int(time.time() * 1000)
+    await batches.handle([Record(UP, 0, o, now, b"k", attendance(f"a{o}")) for o in range(3)])
+    old = now - 10_000
+    await batches.handle([Record(UP, 0, o, old, b"k", attendance(f"b{o}")) for o in range(3, 103)])
+    assert consumer.polls == [] and batches_seen == [3, 100]  # fresh; then max_records (100)
+    batches.top_up_after_ms = 0  # never
+    await batches.handle([Record(UP, 0, 103, old, b"k", attendance("c"))])
+    assert consumer.polls == [] and batches_seen == [3, 100, 1]
 
 
 async def test_a_database_error_rewinds_the_poll_with_a_backoff_and_commits_nothing() -> None:
