@@ -255,7 +255,9 @@ class Relay:
         Each row goes to the partition its key gives (the producer's default partitioner, as
         ``send`` would choose), appended to a record batch per topic partition that is sent
         whole when full and at the end: one future per batch instead of one per record (the
-        relay took about 50 µs a row with a ``send`` per row). Rows of one partition keep their
+        relay took about 50 µs a row with a ``send`` per row). The batches are closed before
+        they are handed over, so the producer sends them at once instead of lingering
+        (``linger_ms``) for records that will not come. Rows of one partition keep their
         order: they are appended in ``seq`` order and a partition's batches are queued in the
         order they are sent."""
         producer = self.producer
@@ -278,10 +280,12 @@ class Relay:
             if batch is None:
                 batch = batches[topic, partition] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = batches[topic, partition] = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
         for (topic, partition), batch in batches.items():
+            batch.close()  # complete: sent at once, not after the producer's linger
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 

@@ -164,6 +164,11 @@ class FakeBatch:
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
     def append(self, *, key: bytes, value: bytes, timestamp: None,
                headers: list[tuple[str, bytes]]) -> object | None:
         if len(self.records) >= self.capacity:
@@ -197,6 +202,7 @@ class FakeProducer:
         return FakeBatch()
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        assert batch.closed, "an open batch lingers in the producer"
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failing:
             future.set_exception(ConnectionError("broker away"))
