@@ -840,13 +840,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await hops.consumer.position(tp)
         producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=1)
         await producer.start()
+        # Cores used while each paced half is sent and handled (until settled: the assessment
+        # half is a burst of about a second, so its figures include the settling after it).
+        paced_cores: dict[str, dict[str, float]] = {}
         try:
+            cpu_before, cpu_at = cpu_snapshot(pids), time.time()
             await produce_paced(producer, world, topics.TRAINING_UPSTREAM, pop, slow_t,
                                 args.paced_rate, 1, sent_at)
             await settle(world, monitor, budget)
+            paced_cores["training"] = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
+            cpu_before, cpu_at = cpu_snapshot(pids), time.time()
             await produce_paced(producer, world, topics.ASSESSMENT_UPSTREAM, pop, slow_a,
                                 args.paced_rate, 1 + len(slow_t), sent_at)
             await settle(world, monitor, budget)
+            paced_cores["assessment"] = cpu_split(cpu_before, cpu_snapshot(pids), time.time() - cpu_at)
         finally:
             await producer.stop()
         await asyncio.sleep(1.0)
@@ -923,6 +930,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p95_ms": round(percentile(latencies, 95) * 1000, 1),
             "p99_ms": round(percentile(latencies, 99) * 1000, 1),
             "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
+            "cores_used": paced_cores,
             "enrollment_hop_p50_ms": round(percentile(first_hop, 50) * 1000, 1),
             "enrollment_hop_p99_ms": round(percentile(first_hop, 99) * 1000, 1),
             "by_cause": breakdown,
@@ -937,6 +945,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "completeness": asdict(check) | {"ok": check.ok},
         "wall_seconds": round(time.monotonic() - began, 1),
     }
+
+
+def paced_cores_lines(cores: dict[str, dict[str, float]]) -> list[str]:
+    """The table's lines of the cores each part used in each half of the paced phase."""
+    lines = []
+    for half, used in cores.items():
+        parts = ", ".join(f"{part} {used[part]}" for part in (
+            "postgresql", "kafka", *SERVICES, "load generator") if part in used)
+        lines.append(f"{'  cores busy, paced ' + half + ' records':44} "
+                     f"{used.get('machine', 0):>7} ({parts})")
+    return lines
 
 
 def table(result: dict[str, Any]) -> str:
@@ -990,6 +1009,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{'  caused by ' + cause + ' records p50/p99 (n)':44} "
                      f"{b['p50_ms']:>7} / {b['p99_ms']} ({b['decisions']})")
         lines.append(f"{'    first hop p50/p99':44} {b['first_hop_p50_ms']:>7} / {b['first_hop_p99_ms']}")
+    lines += paced_cores_lines(lat.get("cores_used", {}))
     for s, v in result["services"].items():
         lines.append(f"{'  ' + s + ' peak RSS (MB) / CPU (s)':44} {v['peak_rss_mb']:>7} / {v['cpu_seconds']}")
     verdict = "OK: every expected decision published exactly once" if c["ok"] else "INCOMPLETE"

@@ -16,6 +16,7 @@ from tools.bench import (
     batch_summary,
     completeness,
     cpu_split,
+    paced_cores_lines,
     percentile,
     split_lanes,
     summarise_profile,
@@ -179,3 +180,15 @@ def test_the_overlap_probe_counts_instants_with_two_replicas_in_a_batch() -> Non
     assert probe.summary() == {"subsidy": {
         "polls": 4, "busy_polls": 3, "together_polls": 2, "together_share_of_busy": 0.667,
         "together_seconds_estimate": 5.0}}
+
+
+def test_the_paced_halves_report_the_cores_of_each_part() -> None:
+    lines = paced_cores_lines({
+        "training": {"machine": 1.62, "postgresql": 0.41, "kafka": 0.18, "enrollment": 0.4,
+                     "assessment": 0.12, "subsidy": 0.21, "load generator": 0.27},
+        "assessment": {"machine": 1.1, "subsidy": 0.5},
+    })
+    assert [line.split()[3:5] for line in lines] == [["training", "records"], ["assessment", "records"]]
+    assert lines[0].endswith("1.62 (postgresql 0.41, kafka 0.18, enrollment 0.4, assessment 0.12, "
+                             "subsidy 0.21, load generator 0.27)")
+    assert lines[1].endswith("1.1 (subsidy 0.5)")
