@@ -241,7 +241,7 @@ class BatchConsumer:
         max_records: int,
         timeout_ms: int,
         top_up_after_ms: int = 0,
-        top_up_wait_ms: int = 20,
+        top_up_wait_ms: int = 5,
         commit_interval: float = 0.2,
         crash_after_db_commit: bool = False,
     ) -> None:
@@ -320,9 +320,13 @@ class BatchConsumer:
         while the batch ran is still on the broker. Handling only those few, batch after batch,
         paid a batch's fixed cost for a handful of records while the backlog grew (the subsidy
         took 4 to 15 records a batch at the start of the benchmark's assessment burst). So when
-        the newest record of a poll is older than ``top_up_after_ms``, poll once more: the
-        buffer is empty now, a fetch goes out and returns at once when records are waiting.
-        A record's age is measured by its Kafka timestamp against this machine's clock."""
+        the newest record of a poll is older than ``top_up_after_ms``, poll once more, for at
+        most ``top_up_wait_ms``: the buffer is empty now, a fetch goes out and returns at once
+        when records are waiting. The wait is short because a consumer of several topics often
+        has a fetch of idle partitions in flight, which the broker holds for its fetch wait and
+        which the new fetch must wait behind: there the top-up mostly finds nothing, and a
+        miss costs the whole wait. A record's age is its Kafka timestamp against this machine's
+        clock."""
         if not self.top_up_after_ms or not records or len(records) >= self.max_records:
             return records
         assert self.consumer is not None

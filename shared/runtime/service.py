@@ -557,7 +557,7 @@ def create_service_app(
             max_records=settings.batch_max_records,
             timeout_ms=settings.batch_timeout_ms,
             top_up_after_ms=settings.top_up_after_ms,
-            top_up_wait_ms=settings.fetch_max_wait_ms,
+            top_up_wait_ms=settings.top_up_wait_ms,
             commit_interval=settings.commit_interval_ms / 1000,
             crash_after_db_commit=settings.crash_after_db_commit,
         )

@@ -186,9 +186,17 @@ class ServiceSettings(BaseSettings):
         description="a poll whose newest record is older than this was fetched while the "
         "previous batch was handled, and aiokafka fetches a partition again only once its "
         "buffered records are taken: what arrived since is still on the broker. The batch then "
-        "polls once more (waiting up to fetch_max_wait_ms) and takes it too, instead of running "
+        "polls once more (waiting up to top_up_wait_ms) and takes it too, instead of running "
         "a batch of the few records one fetch caught and leaving the rest to wait behind it. "
         "0: never",
+    )
+    top_up_wait_ms: int = Field(
+        5, ge=1,
+        description="how long that second poll waits at most. Measured in the benchmark: the "
+        "enrollment's top-ups found records in 671 of 673 cases, within 0.4 ms (median); the "
+        "assessment and subsidy services, which read several topics, found none in about 70 % "
+        "of theirs, because the fetch they need waits behind one of idle partitions that the "
+        "broker holds for fetch_max_wait_ms: each such miss cost the whole wait",
     )
     commit_interval_ms: int = Field(
         200, description="Kafka offsets are committed at most this often (and whenever the "
