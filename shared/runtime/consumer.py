@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 
 from shared.contract.envelope import CloudEvent, DecodeError, decode
 from shared.runtime import db, logs, metrics
@@ -333,8 +333,12 @@ class BatchConsumer:
         newest = max(r.timestamp for r in records)
         if time.time() * 1000 - newest < self.top_up_after_ms:
             return records  # fresh: nothing is known to wait behind them
-        more = await self.consumer.getmany(timeout_ms=self.top_up_wait_ms,
-                                           max_records=self.max_records - len(records))
+        try:
+            more = await self.consumer.getmany(timeout_ms=self.top_up_wait_ms,
+                                               max_records=self.max_records - len(records))
+        except (KafkaError, ConsumerStoppedError) as exc:  # FastStream's own poll meets it next
+            log.warning("top-up poll failed, the batch goes on without it", extra={"error": repr(exc)})
+            return records
         if not more:
             return records
         # by_partition merges a partition's runs; these come after the poll's, in offset order

@@ -34,9 +34,12 @@ class FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.on_broker: list[Record] = []  # what a getmany of the pipeline's own returns
         self.polls: list[tuple[int, int]] = []  # (timeout_ms, max_records) of those getmany
+        self.poll_error: Exception | None = None
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         self.polls.append((timeout_ms, max_records))
+        if self.poll_error is not None:
+            raise self.poll_error
         taken, self.on_broker = self.on_broker[:max_records], self.on_broker[max_records:]
         found: dict[TopicPartition, list[Record]] = {}
         for r in taken:

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 
 from shared.contract import events as ev
 from shared.contract.envelope import encode_raw
@@ -174,6 +175,22 @@ async def test_a_stale_poll_takes_what_waits_on_the_broker_into_the_same_batch()
     tables.outbox.clear()
     await batches.tick()
     assert consumer.commits == [{TP0: 5, TP1: 2}]
+
+
+async def test_a_failed_top_up_leaves_the_batch_as_polled() -> None:
+    tables = Tables()
+    consumer = FakeConsumer([UP], {TP0: 2})
+    seen: list[str] = []
+
+    async def handler(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        seen.extend(i.event.id for i in items)
+
+    batches = pipeline(consumer, tables, handler)
+    batches.top_up_after_ms = 20
+    consumer.poll_error = ConsumerStoppedError()
+    stale = int(time.time() * 1000) - 500
+    await batches.handle([Record(UP, 0, o, stale, b"k", attendance(f"a{o}")) for o in range(2)])
+    assert len(consumer.polls) == 1 and seen == ["a0", "a1"] and not batches.stopping
 
 
 async def test_a_fresh_poll_or_a_full_one_is_handled_as_it_is() -> None:
