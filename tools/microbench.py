@@ -29,17 +29,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.runtime import db
 from shared.runtime.outbox import COLUMNS, Relay
+from services.subsidy.store import UPSERT_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = "postgresql://postgres@127.0.0.1:5432"
 KAFKA = "127.0.0.1:9092"
 
-UPSERT = (
-    "INSERT INTO {table} (person_id, state, has_pending) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
-    "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
-    " has_pending = excluded.has_pending, updated_at = now()"
-)
+def upsert_into(table: str) -> str:
+    """The subsidy store's person-state upsert, into ``table`` (a copy of ``person_state``)."""
+    return UPSERT_STATES.replace("INTO person_state ", f"INTO {table} ", 1)
 
 
 def report(name: str, per_row_us: list[float]) -> None:
@@ -61,13 +59,13 @@ async def state_upsert(dsn: str, rows: int, rounds: int) -> None:
             await conn.execute(f"DROP TABLE IF EXISTS {table}")
             await conn.execute(f"CREATE TABLE {table} (LIKE person_state INCLUDING ALL)")
             await conn.execute(f"ALTER TABLE {table} ALTER COLUMN state SET COMPRESSION {method}")
-            await conn.execute(UPSERT.format(table=table), ids, states, pending)
+            await conn.execute(upsert_into(table), ids, states, pending)
         timings: dict[str, list[float]] = {m: [] for m in tables}
         for _ in range(rounds):  # interleaved: the machine's drift hits both alike
             for method, table in tables.items():
                 started = time.perf_counter()
                 async with conn.transaction():
-                    await conn.execute(UPSERT.format(table=table), ids, states, pending)
+                    await conn.execute(upsert_into(table), ids, states, pending)
                 timings[method].append((time.perf_counter() - started) * 1e6 / len(ids))
         print("person-state upsert (one statement per batch, rows already stored):")
         for method, values in timings.items():
@@ -93,7 +91,7 @@ async def relay(rows: int, rounds: int) -> None:
     try:
         value = orjson.dumps({"specversion": "1.0", "data": {"pad": "x" * 1100}})
         headers = orjson.dumps([["content-type", "application/cloudevents+json"]]).decode()
-        outbox = Relay(pool, producer, batch_size=rows)
+        relay_ = Relay(pool, producer, batch_size=rows)
         timings: list[float] = []
         for _ in range(rounds):
             async with pool.acquire() as conn:
@@ -101,7 +99,7 @@ async def relay(rows: int, rounds: int) -> None:
                     (topic, f"p_{n % 997}".encode(), "microbench.v1", value, headers)
                     for n in range(rows)])
             started = time.perf_counter()
-            published = await outbox.publish_once()
+            published = await relay_.publish_once()
             timings.append((time.perf_counter() - started) * 1e6 / published)
         print(f"outbox relay, {rows} rows of {len(value)} bytes a round:")
         report("publish_once", timings)

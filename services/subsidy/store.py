@@ -210,6 +210,14 @@ class ConsoleSessionRow(SubsidyTable, table=True):
 
 T = TypeVar("T")
 
+# The states a batch leaves, one statement (tools.microbench times it against other tables).
+UPSERT_STATES = (
+    "INSERT INTO person_state (person_id, state, has_pending) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
+    "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
+    " has_pending = excluded.has_pending, updated_at = now()"
+)
+
 DECISION_COLUMNS = (
     "event_id", "event_type", "person_id", "agency", "rule", "stage", "reason", "amount_fen",
     "fund", "payee_kind", "grant_id", "decided_on", "payload",
@@ -289,10 +297,7 @@ class PostgresSubsidyStore:
         touched = changes.states
         if touched:
             await conn.execute(
-                "INSERT INTO person_state (person_id, state, has_pending) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) "
-                "ON CONFLICT (person_id) DO UPDATE SET state = excluded.state,"
-                " has_pending = excluded.has_pending, updated_at = now()",
+                UPSERT_STATES,
                 list(touched), [state_codec.dumps(s) for s in touched.values()],
                 [bool(pending_items(s)) for s in touched.values()],
             )

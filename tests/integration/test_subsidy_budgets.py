@@ -212,7 +212,9 @@ async def test_a_batch_whose_fund_year_changed_before_it_locked_it_decides_again
         deciding = asyncio.ensure_future(
             budgets.decide_with_budgets(conn, frozenset({budgets.key(*key)}), run))
         await wait_for(lambda: len(seen) == 1, 10, "the first, unlocked decision")
-        await asyncio.sleep(0.3)
+        waiting = ("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1")
+        await wait_for(lambda: other.fetchval(waiting, conn.get_server_pid()), 10,
+                       "the batch waiting for the row's lock")
         assert not deciding.done(), "the batch must wait for the row"
         await other.execute("UPDATE fund_year SET committed_fen = 60 WHERE agency = $1", key[0])
         await holder.commit()
