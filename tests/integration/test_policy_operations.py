@@ -117,12 +117,14 @@ async def _outbox_empty(conn: Any) -> bool:
 async def test_a_raised_amount_is_reported_then_topped_up_exactly_once(
         stack, subsidy, producer, collector, policy_dir) -> None:
     corrected = str(policy_dir.parent / "suqian-corrected.json")
-    ten, five = b.pid(b.national_id()), b.pid(b.national_id())
+    ten, five, july = b.pid(b.national_id()), b.pid(b.national_id()), b.pid(b.national_id())
     await _living(producer, ten, "2026-06-10", 10)
     await _living(producer, five, "2026-06-12", 5)
-    await _living(producer, b.pid(b.national_id()), "2026-07-02", 3)  # after the period
+    await _living(producer, july, "2026-07-02", 3)  # after the period
     paid = {}
-    for pid in (ten, five):
+    # All three decided before the decision count is taken (the July one is outside the
+    # period, but its decision still lands in the table).
+    for pid in (ten, five, july):
         [grant] = await collector.wait_events(OUT, "SubsidyGranted.v1", where=_of(pid))
         paid[pid] = grant["data"]
     assert [paid[ten]["amount_fen"], paid[five]["amount_fen"]] == [30000, 15000]
