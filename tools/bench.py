@@ -243,14 +243,17 @@ def cpu_snapshot(service_pids: dict[str, list[int]]) -> dict[str, float]:
 
 
 def batch_counters(text: str) -> dict[str, float]:
-    """From a service's /metrics text: batches consumed, records in them and seconds spent."""
+    """From a service's /metrics text: batches consumed, records in them and seconds spent, and
+    the seconds of cyclic garbage collection (all generations)."""
     wanted = {"skills_batch_size_count": "batches", "skills_batch_size_sum": "records",
               "skills_batch_processing_seconds_sum": "seconds"}
-    out = dict.fromkeys(wanted.values(), 0.0)
+    out = dict.fromkeys([*wanted.values(), "gc_seconds"], 0.0)
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in wanted:
             out[wanted[name]] += float(value)
+        elif name.startswith("skills_gc_seconds_total{"):
+            out["gc_seconds"] += float(value)
     return out
 
 
@@ -291,7 +294,8 @@ def batch_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str
         seconds = b["seconds"] - a.get("seconds", 0.0)
         out[name] = {"batches": int(n), "mean_records": round(records / n, 1) if n else 0.0,
                      "mean_ms": round(1000 * seconds / n, 1) if n else 0.0,
-                     "busy_seconds": round(seconds, 2)}
+                     "busy_seconds": round(seconds, 2),
+                     "gc_seconds": round(b.get("gc_seconds", 0.0) - a.get("gc_seconds", 0.0), 2)}
     for name in [n for n in out if "#" not in n]:
         replicas = [v for k, v in out.items() if k.startswith(name + "#")]
         if replicas and seconds_elapsed > 0:
@@ -986,6 +990,7 @@ def table(result: dict[str, Any]) -> str:
         if b:
             lines.append(f"{'    batches, mean records / mean ms, busy s':44} "
                          f"{b['batches']}, {b['mean_records']} / {b['mean_ms']}, {b['busy_seconds']}")
+            lines.append(f"{'    cyclic garbage collection (s)':44} {b.get('gc_seconds', 0.0):>14}")
         for name, r in sorted(t.get("batches", {}).items()):
             if name.startswith(s + "#"):
                 lines.append(f"{'      replica ' + name + ': batches, busy s':44} "

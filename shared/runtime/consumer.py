@@ -12,6 +12,7 @@ to redelivery, which the inbox absorbs: effectively once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import os
@@ -28,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 
 from shared.contract.envelope import CloudEvent, DecodeError, decode
-from shared.runtime import db, logs, metrics
+from shared.runtime import db, gc_tuning, logs, metrics
 from shared.runtime.outbox import Outbox, Record, Relay
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class BatchConsumer:
         top_up_after_ms: int = 0,
         top_up_wait_ms: int = 5,
         commit_interval: float = 0.2,
+        pause_gc: bool = False,
         crash_after_db_commit: bool = False,
     ) -> None:
         self.pool = pool
@@ -255,6 +257,7 @@ class BatchConsumer:
         self.top_up_after_ms = top_up_after_ms
         self.top_up_wait_ms = top_up_wait_ms
         self.crash_after_db_commit = crash_after_db_commit
+        self.pause_gc = pause_gc  # no cyclic collection inside a batch (gc_tuning.paused)
         self.healthy = False
         self.in_batch = False  # inside a batch's transaction right now
         self.last_poll = 0.0
@@ -418,11 +421,13 @@ class BatchConsumer:
         metrics.BATCH_SIZE.observe(len(records))
         self.in_batch = True  # /healthz shows it: the bench observes replicas working at once
         try:
-            await self.store(records)
-        except db.DATABASE_ERRORS as exc:
-            if not db.refused(exc):
-                raise
-            await self.isolate(records, exc)
+            with gc_tuning.paused() if self.pause_gc else contextlib.nullcontext():
+                try:
+                    await self.store(records)
+                except db.DATABASE_ERRORS as exc:
+                    if not db.refused(exc):
+                        raise
+                    await self.isolate(records, exc)
         finally:
             self.in_batch = False
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -36,6 +36,10 @@ BATCH_SECONDS = Histogram(
     "skills_batch_processing_seconds", "Time from a batch's arrival to its database commit",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+GC_SECONDS = Counter(
+    "skills_gc_seconds", "Seconds the cyclic garbage collector ran, by generation (GC_THRESHOLD,"
+    " GC_PAUSE_IN_BATCH)", ["generation"],
+)
 OUTBOX_BACKLOG = Gauge("skills_outbox_backlog", "Outbox rows not yet published")
 OUTBOX_AGE = Gauge("skills_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")
 LAG = Gauge("skills_consumer_lag", "Records behind the high watermark", ["topic", "partition"])

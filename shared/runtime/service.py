@@ -559,6 +559,7 @@ def create_service_app(
             top_up_after_ms=settings.top_up_after_ms,
             top_up_wait_ms=settings.top_up_wait_ms,
             commit_interval=settings.commit_interval_ms / 1000,
+            pause_gc=settings.gc_pause_in_batch,
             crash_after_db_commit=settings.crash_after_db_commit,
         )
         batches.on_failure = lambda exc: runtime.failed.set()

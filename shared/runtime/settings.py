@@ -211,6 +211,13 @@ class ServiceSettings(BaseSettings):
         "collector ran so often that it tripled the cost of decoding a person's state. 0 keeps "
         "Python's defaults",
     )
+    gc_pause_in_batch: bool = Field(
+        True,
+        description="no cyclic garbage collection while a batch is handled: a collection walks "
+        "every object allocated since the last, and during a batch those are the batch's own, "
+        "alive until it ends (the subsidy's collections took about 30 ms each at the threshold "
+        "above and freed almost nothing). The collector runs after the batch instead",
+    )
     pending_wait_seconds: float = Field(
         3600.0,
         description="how long a record referring to something not yet seen waits before it "

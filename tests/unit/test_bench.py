@@ -142,12 +142,15 @@ def test_batch_figures_come_from_the_metrics_text_and_are_summarised_per_interva
         'skills_batch_size_bucket{le="1.0"} 3.0',
         "skills_batch_size_count 10.0", "skills_batch_size_sum 500.0",
         "skills_batch_processing_seconds_count 10.0", "skills_batch_processing_seconds_sum 0.5",
+        'skills_gc_seconds_total{generation="0"} 1.25', 'skills_gc_seconds_total{generation="2"} 0.5',
+        'skills_gc_seconds_created{generation="0"} 1.7e9',
     ])
     after = batch_counters(text)
-    assert after == {"batches": 10.0, "records": 500.0, "seconds": 0.5}
-    before = {"batches": 2.0, "records": 100.0, "seconds": 0.1}
+    assert after == {"batches": 10.0, "records": 500.0, "seconds": 0.5, "gc_seconds": 1.75}
+    before = {"batches": 2.0, "records": 100.0, "seconds": 0.1, "gc_seconds": 0.25}
     assert batch_summary({"s": before}, {"s": after}) == {
-        "s": {"batches": 8, "mean_records": 50.0, "mean_ms": 50.0, "busy_seconds": 0.4}}
+        "s": {"batches": 8, "mean_records": 50.0, "mean_ms": 50.0, "busy_seconds": 0.4,
+              "gc_seconds": 1.5}}
 
 
 def test_replicas_busy_at_once_is_their_busy_seconds_over_the_wall_clock() -> None:

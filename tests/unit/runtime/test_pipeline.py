@@ -6,6 +6,7 @@ error, stop on anything else). The same statements run on PostgreSQL in tests/in
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -212,6 +213,23 @@ async def test_a_fresh_poll_or_a_full_one_is_handled_as_it_is() -> None:
     batches.top_up_after_ms = 0  # never
     await batches.handle([Record(UP, 0, 103, old, b"k", attendance("c"))])
     assert consumer.polls == [] and batches_seen == [3, 100, 1]
+
+
+@pytest.mark.parametrize("pause_gc", [True, False])
+async def test_the_cyclic_collector_is_paused_while_a_batch_is_handled(pause_gc: bool) -> None:
+    tables = Tables()
+    consumer = FakeConsumer([UP], {TP0: 1})
+    collector_on: list[bool] = []
+
+    async def handler(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        collector_on.append(gc.isenabled())
+
+    batches = pipeline(consumer, tables, handler)
+    batches.pause_gc = pause_gc
+    assert gc.isenabled()
+    await batches.handle([Record(UP, 0, 0, 0, b"k", attendance("a0"))])
+    assert collector_on == [not pause_gc]
+    assert gc.isenabled()  # on again after the batch
 
 
 async def test_a_database_error_rewinds_the_poll_with_a_backoff_and_commits_nothing() -> None:
