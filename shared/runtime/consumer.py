@@ -260,6 +260,7 @@ class BatchConsumer:
         self.pause_gc = pause_gc  # no cyclic collection inside a batch (gc_tuning.paused)
         self.healthy = False
         self.in_batch = False  # inside a batch's transaction right now
+        self.wrote_outbox = False  # the batch in hand committed outbox rows (wake the relay)
         self.last_poll = 0.0
         # Last time the consumer moved on: a slice of records committed, or a poll found nothing
         # waiting. /healthz fails when this is too old (a partition that does not move).
@@ -420,6 +421,7 @@ class BatchConsumer:
         records: list[Record] = [r for records in batch.values() for r in records]
         metrics.BATCH_SIZE.observe(len(records))
         self.in_batch = True  # /healthz shows it: the bench observes replicas working at once
+        self.wrote_outbox = False
         try:
             with gc_tuning.paused() if self.pause_gc else contextlib.nullcontext():
                 try:
@@ -431,7 +433,8 @@ class BatchConsumer:
         finally:
             self.in_batch = False
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        self.relay.wake.set()
+        if self.wrote_outbox:  # a batch that wrote no row gives the relay nothing to do
+            self.relay.wake.set()
         if self.crash_after_db_commit:
             log.warning("test hook: exiting between database commit and offset commit")
             os._exit(17)
@@ -448,6 +451,7 @@ class BatchConsumer:
                     await self.handler(conn, fresh, out)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
                 await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
             log.debug("batch committed", extra={"records": len(records), "fresh": len(fresh)})
+        self.wrote_outbox = self.wrote_outbox or out.written > 0
         self.progressed_at = time.monotonic()
 
     async def isolate(self, records: list[Record], exc: BaseException) -> None:
@@ -461,6 +465,7 @@ class BatchConsumer:
             out.dead_letter(record, "database_refused", _refusal(exc))
             async with self.pool.acquire() as conn, conn.transaction():
                 await out.flush(conn)  # type: ignore[arg-type]  # a pool's connection proxy forwards every Connection method (asyncpg-stubs types it apart)
+            self.wrote_outbox = True
             log.warning("record refused by the database, dead-lettered", extra={
                 "topic": record.topic, "partition": record.partition, "offset": record.offset,
                 "error": repr(exc)[:500],

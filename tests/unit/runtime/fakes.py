@@ -82,6 +82,9 @@ class Tables:
     dead_letter_event: set[tuple[str, str, bytes]] = field(default_factory=set)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
+    relay_locked_elsewhere: bool = False  # another replica's relay holds the relay lock
+    lock_tries: int = 0
+    relay_reads: int = 0
 
 
 class FakeConnection:
@@ -121,6 +124,7 @@ class FakeConnection:
                     new.append(dict(zip(("source", "id", "digest"), identity, strict=True)))
             return new
         if sql.startswith("SELECT seq, topic, key, event_type, value, headers, created_at"):
+            self.t.relay_reads += 1
             after, limit = args
             return [r for r in self.t.outbox if r["seq"] > after][:limit]
         raise AssertionError(f"unexpected statement {sql[:60]}")
@@ -132,7 +136,8 @@ class FakeConnection:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         if "pg_try_advisory_xact_lock" in sql:
-            return True
+            self.t.lock_tries += 1
+            return not self.t.relay_locked_elsewhere
         if "coalesce(max(seq) - min(seq) + 1, 0)" in sql:
             seqs = [r["seq"] for r in self.t.outbox]
             return max(seqs) - min(seqs) + 1 if seqs else 0

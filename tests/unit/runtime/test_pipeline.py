@@ -19,8 +19,10 @@ from aiokafka.errors import ConsumerStoppedError
 from shared.contract import events as ev
 from shared.contract.envelope import encode_raw
 from shared.runtime import crypto
+from shared.runtime import outbox as outbox_module
 from shared.runtime.consumer import BatchConsumer, Incoming, claim, decode_records
-from shared.runtime.outbox import Outbox, RawRecord, Relay
+from shared.runtime.outbox import Outbox, RawRecord, Relay, next_step
+from tests.harness import wait_for
 from tests.unit.runtime.fakes import FakeConnection, FakeConsumer, FakePool, FakeProducer, Record, Tables
 
 UP = "skills.training.upstream"
@@ -114,6 +116,67 @@ async def test_the_relay_publishes_in_order_deletes_what_it_published_and_keeps_
     assert await relay.publish_once() == 0
     assert [orjson.loads(v)["id"] for _, _, v, _ in fresh.sent] == [f"o{n}" for n in range(5)]
     assert tables.outbox == []
+
+
+def test_the_relay_looks_again_at_once_only_after_a_full_batch_or_when_locked_out_with_rows() -> None:
+    assert next_step(10, 10, woken=False, locked_elsewhere=False) == "again"
+    assert next_step(3, 10, woken=True, locked_elsewhere=False) == "wait"  # took what was there
+    assert next_step(0, 10, woken=True, locked_elsewhere=False) == "wait"
+    assert next_step(0, 10, woken=True, locked_elsewhere=True) == "retry soon"
+    assert next_step(0, 10, woken=False, locked_elsewhere=True) == "wait"  # an idle look
+
+
+async def _relay_running(tables: Tables, monkeypatch: pytest.MonkeyPatch) -> tuple[Relay, Any, Any]:
+    monkeypatch.setattr(outbox_module, "IDLE_SECONDS", 60.0)  # only a wake makes it look
+    relay = Relay(FakePool(tables), FakeProducer(), batch_size=10)  # type: ignore[arg-type]
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    await asyncio.sleep(0)  # its first look (it starts by looking)
+
+    async def stop() -> None:
+        stopping.set()
+        relay.wake.set()
+        await task
+    return relay, task, stop
+
+
+async def _rows(tables: Tables, n: int) -> None:
+    out = outbox()
+    for i in range(n):
+        out.publish("skills.enrollment.events", ev.EnrollmentRejected(enrollment_ref="E", reason="r"),
+                    id=f"x{tables.seq + i}", subject="p", agencyid="suqian",
+                    time="2026-03-02T09:00:00+08:00")
+    await out.flush(FakeConnection(tables))  # type: ignore[arg-type]
+
+
+async def test_a_woken_relay_publishes_what_is_there_and_then_waits_for_the_next_wake(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = Tables()
+    relay, _, stop = await _relay_running(tables, monkeypatch)
+    await wait_for(lambda: tables.relay_reads == 1, 5, "the first look")
+    await _rows(tables, 3)
+    relay.wake.set()
+    await wait_for(lambda: not tables.outbox, 5, "the rows published")
+    await asyncio.sleep(0.05)  # no look without a wake: it used to look again at once, in vain
+    assert tables.relay_reads == 2
+    await _rows(tables, 2)
+    relay.wake.set()
+    await wait_for(lambda: not tables.outbox, 5, "the next rows published")
+    assert tables.relay_reads == 3
+    await stop()
+
+
+async def test_a_relay_woken_for_its_rows_tries_again_soon_while_another_one_holds_the_lock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = Tables(relay_locked_elsewhere=True)
+    relay, _, stop = await _relay_running(tables, monkeypatch)
+    await _rows(tables, 3)
+    relay.wake.set()
+    await wait_for(lambda: tables.lock_tries >= 4, 5, "tries while locked out")
+    assert tables.outbox  # nothing read while another relay held the lock
+    tables.relay_locked_elsewhere = False
+    await wait_for(lambda: not tables.outbox, 5, "the rows published once the lock was free")
+    await stop()
 
 
 class NoRelay:
@@ -213,6 +276,28 @@ async def test_a_fresh_poll_or_a_full_one_is_handled_as_it_is() -> None:
     batches.top_up_after_ms = 0  # never
     await batches.handle([Record(UP, 0, 103, old, b"k", attendance("c"))])
     assert consumer.polls == [] and batches_seen == [3, 100, 1]
+
+
+async def test_the_relay_is_woken_only_by_a_batch_that_wrote_outbox_rows() -> None:
+    tables = Tables()
+    consumer = FakeConsumer([UP], {TP0: 2})
+    publishing = {"a1"}
+
+    async def handler(conn: asyncpg.Connection, items: list[Incoming], out: Outbox) -> None:
+        for i in items:
+            if i.event.id in publishing:
+                out.publish("skills.enrollment.events", ev.EnrollmentRejected(enrollment_ref="E", reason="r"),
+                            id=f"out-{i.event.id}", subject="p", agencyid="suqian",
+                            time="2026-03-02T09:00:00+08:00")
+
+    batches = pipeline(consumer, tables, handler)
+    batches.relay = NoRelay()  # type: ignore[assignment]
+    batches.relay.wake = asyncio.Event()
+    await batches.handle([Record(UP, 0, 0, 0, b"k", attendance("a0"))])
+    assert not batches.relay.wake.is_set()  # nothing to publish
+    await batches.handle([Record(UP, 0, 1, 1, b"k", attendance("a1"))])
+    assert batches.relay.wake.is_set()
+    assert len(tables.outbox) == 1
 
 
 @pytest.mark.parametrize("pause_gc", [True, False])
