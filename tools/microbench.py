@@ -6,19 +6,26 @@ variants interleaved, and print the median and the best of several rounds.
 
     python -m tools.microbench state-upsert --dsn postgresql://postgres@127.0.0.1/subsidy_b1234abcd
     python -m tools.microbench relay
+    python -m tools.microbench state-codec --dsn postgresql://postgres@127.0.0.1/subsidy_b1234abcd
 
 ``state-upsert``: the subsidy's per-batch upsert of person states (the statement of
 services.subsidy.store), pglz against LZ4 compression of the ``state`` column, on real states
 read from a subsidy database (one a ``tools.bench --keep`` run left). ``relay``: the outbox
 relay (shared.runtime.outbox.Relay.publish_once) publishing ~1.2 KB rows to a 4-partition topic.
+``state-codec``: decoding and encoding real person states (services.subsidy.state_codec, the
+engine's classes as they are in this checkout: run it from two checkouts to compare), with the
+cyclic collector off as it is inside a batch (GC_PAUSE_IN_BATCH), and the memory a decoded
+state takes (tracemalloc).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -29,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.runtime import db
 from shared.runtime.outbox import COLUMNS, Relay
+from services.subsidy import state_codec
 from services.subsidy.store import UPSERT_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +84,41 @@ async def state_upsert(dsn: str, rows: int, rounds: int) -> None:
         await conn.close()
 
 
+async def codec(dsn: str, rows: int, rounds: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        texts = [r["state"].encode() for r in await conn.fetch(
+            "SELECT state FROM person_state ORDER BY person_id LIMIT $1", rows)]
+    finally:
+        await conn.close()
+    if not texts:
+        raise SystemExit(f"no person states in {dsn}: run `python -m tools.bench --keep` first")
+    print(f"{len(texts)} states of {statistics.mean(map(len, texts)):.0f} bytes on average")
+    decode: list[float] = []
+    encode: list[float] = []
+    for _ in range(rounds):
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            states = [state_codec.loads(text) for text in texts]
+            decode.append((time.perf_counter() - started) * 1e6 / len(texts))
+            started = time.perf_counter()
+            for state in states:
+                state_codec.dumps(state)
+            encode.append((time.perf_counter() - started) * 1e6 / len(texts))
+        finally:
+            del states
+            gc.enable()
+    print("person states (the collector off, as inside a batch):")
+    report("decode", decode)
+    report("encode", encode)
+    tracemalloc.start()
+    states = [state_codec.loads(text) for text in texts]
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(f"  decoded, in memory       {size / len(states) / 1024:6.1f} KB a state")
+
+
 async def relay(rows: int, rounds: int) -> None:
     dsn = f"{PG}/microbench_{uuid.uuid4().hex[:8]}"
     await db.ensure_database(dsn)
@@ -120,12 +163,18 @@ def main() -> None:
     upsert.add_argument("--dsn", required=True, help="a subsidy database with person states")
     upsert.add_argument("--rows", type=int, default=1000)
     upsert.add_argument("--rounds", type=int, default=8)
+    codec_args = sub.add_parser("state-codec", help="person states decoded and encoded")
+    codec_args.add_argument("--dsn", required=True, help="a subsidy database with person states")
+    codec_args.add_argument("--rows", type=int, default=5000)
+    codec_args.add_argument("--rounds", type=int, default=8)
     relay_args = sub.add_parser("relay", help="the outbox relay, rows a second")
     relay_args.add_argument("--rows", type=int, default=2000)
     relay_args.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     if args.what == "state-upsert":
         asyncio.run(state_upsert(args.dsn, args.rows, args.rounds))
+    elif args.what == "state-codec":
+        asyncio.run(codec(args.dsn, args.rows, args.rounds))
     else:
         asyncio.run(relay(args.rows, args.rounds))
 

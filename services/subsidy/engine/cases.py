@@ -29,7 +29,7 @@ def slot_held(live: Iterable[Grant], slot: str) -> bool:
     return any(g.slot == slot for g in live)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
     """One selected rule applied to one enrollment, with the facts the decision rests on."""
 

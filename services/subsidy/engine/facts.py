@@ -27,7 +27,7 @@ from shared.contract.vocabulary import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Employer:
     id: str
     insured: bool = False
@@ -36,7 +36,7 @@ class Employer:
     employee_model_domestic: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Course:
     course_id: str
     occupation_code: str
@@ -50,13 +50,13 @@ class Course:
     program_years: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fee:
     amount_fen: int
     payer: PayeeKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnrollmentAccepted:
     enrollment_ref: str
     person_id: str
@@ -73,7 +73,7 @@ class EnrollmentAccepted:
     accepted_on: date
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrainingCompleted:
     enrollment_ref: str
     person_id: str
@@ -82,7 +82,7 @@ class TrainingCompleted:
     completed_on: date
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnrollmentWithdrawn:
     enrollment_ref: str
     person_id: str
@@ -90,7 +90,7 @@ class EnrollmentWithdrawn:
     days_attended: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkMonthAccepted:
     enrollment_ref: str
     person_id: str
@@ -103,7 +103,7 @@ class WorkMonthAccepted:
         return date.fromisoformat(self.month + "-01")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AssessmentResult:
     """An `AssessmentPassed` or `AssessmentFailed`; `passed` tells which."""
 
@@ -117,7 +117,7 @@ class AssessmentResult:
     passed: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CertificateIssued:
     certificate_id: str
     assessment_ref: str
@@ -129,7 +129,7 @@ class CertificateIssued:
     issued_on: date
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CertificateRevoked:
     certificate_id: str
     person_id: str
@@ -137,7 +137,7 @@ class CertificateRevoked:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnrollmentFlagged:
     """An integrity check tripped on the enrollment (POLICY §6): its money is held for review."""
 
@@ -148,7 +148,7 @@ class EnrollmentFlagged:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HoldReviewed:
     """A reviewer's decision on a held grant (EVENTS.md §5.4), a fact like any other."""
 

@@ -27,7 +27,7 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Basis:
     """The facts a decision rests on, as EVENTS.md `basis`."""
 
@@ -49,7 +49,7 @@ class Basis:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyRef:
     agency: str
     version: str
@@ -60,7 +60,7 @@ def grant_id_for(agency: str, rule: str, stage: Stage, basis: Basis) -> str:
     return "g_" + digest(agency, rule, stage.value, basis.to_payload())[:24]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubsidyGranted:
     grant_id: str
     person_id: str
@@ -86,7 +86,7 @@ class SubsidyGranted:
         return self.person_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubsidyRejected:
     person_id: str
     agency: str
@@ -113,7 +113,7 @@ class SubsidyRejected:
         return self.person_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubsidyReversed:
     grant_id: str
     person_id: str
@@ -133,7 +133,7 @@ class SubsidyReversed:
         return self.person_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubsidyHeld:
     """The SubsidyGranted a decision would have published, held for review because it rests on
     a flagged enrollment (POLICY §6): the same fields and grant_id, plus the hold. Its own
@@ -161,7 +161,7 @@ class SubsidyHeld:
 THRESHOLDS_BP = (8000, 9000, 10000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BudgetThresholdReached:
     agency: str
     fund: str

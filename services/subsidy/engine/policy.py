@@ -50,13 +50,13 @@ class SlotKey(StrEnum):
     CERTIFICATE_KIND = "certificate_kind"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Amount:
     fen: int
     assumed: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CategoryGroup:
     """One eligible category, optionally only when rural or with an insured employer."""
 
@@ -65,7 +65,7 @@ class CategoryGroup:
     requires_insured_employer: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     id: str
     kind: RuleKind
@@ -102,7 +102,7 @@ class Rule:
         return not self.training_types or training_type in self.training_types
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Policy:
     agency: str
     version: str
@@ -125,7 +125,7 @@ class Policy:
         return self.budgets.get(fund, {}).get(year)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicySet:
     """Every loaded version of every agency's policy; versions of one agency never overlap."""
 

@@ -12,7 +12,7 @@ from .policy import PolicySet
 from .state import CertificateStatus, EnrollmentStatus, Grant
 
 
-@dataclass
+@dataclass(slots=True)
 class Replay:
     """The outcome of a replay: every output in decision order, final states and ledger."""
 
@@ -82,7 +82,7 @@ class ChangeKind(StrEnum):
     NEWLY_REJECTED = "newly_rejected"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GrantChange:
     """One grant whose money differs between the record and a replay (0 when not granted or
     reversed), with the rejection that replaces it on either side."""

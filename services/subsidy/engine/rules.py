@@ -8,7 +8,7 @@ from .facts import EnrollmentAccepted
 from .policy import BASIS_POINTS, Amount, Rule, RuleKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Computed:
     """A rule's amount for one decision (per programme year for per_program_year rules)."""
 
