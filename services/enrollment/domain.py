@@ -262,10 +262,13 @@ class Snapshot:
     enrol, in the store's order (the duplicate check names the first overlapping one), with
     ``attendance`` loaded for those a command closes and ``months`` for those a month names;
     ``waiting``: the stored parked commands of the enrollments enrolled now, by ref, in arrival
-    order with their ``pending`` seq; ``day_hours``: (person, date) -> enrollment -> hours over
-    all the person's enrollments for every date the batch records attendance on;
-    ``agency_of``: the agency of those enrollments; ``flagged``: the (enrollment, check) flags
-    of the persons involved."""
+    order with their ``pending`` seq; ``day_hours``: (person, date) -> enrollment -> stored hours
+    over all the person's enrollments for every date the batch records attendance on, empty
+    for a person with one enrollment (stored or enrolled by the batch): only that enrollment's
+    hours can count for the day, and `Decider.attended` replaces its stored hours of the date
+    with the batch's before checking (an attendance it does not apply, after the enrollment
+    closed, checks nothing); ``agency_of``: the agency of those enrollments;
+    ``flagged``: the (enrollment, check) flags of the persons involved."""
 
     enrollments: dict[str, Enrollment] = field(default_factory=dict)
     waiting: dict[str, list[tuple[int, Command]]] = field(default_factory=dict)

@@ -148,13 +148,20 @@ Translate = Callable[[Any], Command]
 # ``OFFSET 0`` keeps the planner from flattening the attendance subquery: flattened, it probed
 # the attendance index by enrollment_ref alone and filtered every date of the enrollment
 # afterwards (321 against 122 ms for a 5,000-pair batch, EXPLAIN ANALYZE at 20,000 persons).
-PERSON_DAYS = (
-    "SELECT p.person_id, e.enrollment_ref, e.agency, a.date, a.hours"
-    " FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::date[])) AS p(person_id, date)"
-    " CROSS JOIN LATERAL (SELECT enrollment_ref, agency FROM enrollment"
-    "  WHERE enrollment.person_id = p.person_id) AS e"
-    " CROSS JOIN LATERAL (SELECT attendance.date, attendance.hours FROM attendance"
-    "  WHERE attendance.enrollment_ref = e.enrollment_ref AND attendance.date = p.date"
+# The integrity checks' daily hours (POLICY.md §6), in two steps: the enrollments of the batch's
+# persons (one index probe a person, not one per (person, date) pair as before: a batch holds
+# a person's attendance for many dates), then the stored hours of the dates of only the persons
+# with two or more enrollments (see Snapshot.day_hours). OFFSET 0 keeps the attendance probe on
+# its primary key (enrollment_ref, date): the planner flattened such a subquery and probed by
+# enrollment_ref alone, filtering every date afterwards.
+PERSONS_ENROLLMENTS = (
+    "SELECT person_id, enrollment_ref, agency FROM enrollment WHERE person_id = ANY($1::text[])"
+)
+DAY_HOURS = (
+    "SELECT p.enrollment_ref, p.date, a.hours"
+    " FROM unnest($1::text[], $2::date[]) AS p(enrollment_ref, date)"
+    " CROSS JOIN LATERAL (SELECT attendance.hours FROM attendance"
+    "  WHERE attendance.enrollment_ref = p.enrollment_ref AND attendance.date = p.date"
     "  OFFSET 0) AS a"
 )
 
@@ -195,6 +202,15 @@ def day_pairs(snapshot: Snapshot, commands: Iterable[Command],
             for pid in ({enr.person_id} if enr is not None else enrolled.get(c.enrollment_ref, ())):
                 pairs.add((pid, c.date))
     return pairs
+
+
+def new_refs(enrolled: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The enrollments each person enrols in this batch (not stored yet)."""
+    found: dict[str, set[str]] = {}
+    for ref, persons in enrolled.items():
+        for pid in persons:
+            found.setdefault(pid, set()).add(ref)
+    return found
 
 
 def checked_persons(snapshot: Snapshot, pairs: set[tuple[str, dt.date]],
@@ -294,10 +310,20 @@ class PostgresEnrollmentStore:
         for pair in pairs:
             snapshot.day_hours[pair] = {}
         if pairs:
-            keys = list(pairs)
-            for row in await conn.fetch(PERSON_DAYS, [k[0] for k in keys], [k[1] for k in keys]):
-                snapshot.day_hours[(row["person_id"], row["date"])][row["enrollment_ref"]] = row["hours"]
-                snapshot.agency_of[row["enrollment_ref"]] = row["agency"]
+            theirs: dict[str, list[tuple[str, str]]] = {}
+            for row in await conn.fetch(PERSONS_ENROLLMENTS, list({pid for pid, _ in pairs})):
+                theirs.setdefault(row["person_id"], []).append((row["enrollment_ref"], row["agency"]))
+            enrolling = new_refs(enrolled)
+            probes = {(ref, day): (pid, agency) for pid, day in pairs
+                      if len({r for r, _ in theirs.get(pid, ())} | enrolling.get(pid, set())) > 1
+                      for ref, agency in theirs.get(pid, ())}
+            if probes:
+                keys = list(probes)
+                for row in await conn.fetch(DAY_HOURS, [k[0] for k in keys], [k[1] for k in keys]):
+                    ref, day = row["enrollment_ref"], row["date"]
+                    pid, agency = probes[(ref, day)]
+                    snapshot.day_hours[(pid, day)][ref] = row["hours"]
+                    snapshot.agency_of[ref] = agency
         return snapshot
 
     async def record(self, conn: asyncpg.Connection, changes: Changes) -> None:
@@ -416,8 +442,12 @@ class MemoryEnrollmentStore:
         pairs = day_pairs(snapshot, commands, enrolled)
         checked = checked_persons(snapshot, pairs, enrolled)
         snapshot.flagged = {k for k, f in self.flags.items() if f[2] in checked}
+        enrolling = new_refs(enrolled)
         for pid, day in pairs:
             snapshot.day_hours[(pid, day)] = hours = {}
+            theirs = {e.enrollment_ref for e in self.enrollments.values() if e.person_id == pid}
+            if len(theirs | enrolling.get(pid, set())) < 2:
+                continue  # one enrollment: no stored hours of the day can count (Snapshot.day_hours)
             for enr in self.enrollments.values():
                 if enr.person_id == pid and (enr.enrollment_ref, day) in self.attendance:
                     hours[enr.enrollment_ref] = self.attendance[(enr.enrollment_ref, day)]

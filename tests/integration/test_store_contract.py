@@ -153,6 +153,34 @@ async def _enrollment_contract(run: Unit) -> None:
         days_attended=1, attendance={D(2026, 3, 2): Decimal(3)})
     assert snap.waiting == {}
     assert snap.day_hours == {(pid, D(2026, 3, 2)): {r1: Decimal(8), r2: Decimal(3)}}
+    snap = await run("load", [ed.Attend(None, r2, "INST-T", D(2026, 3, 3), Decimal(2))], translate)
+    assert snap.day_hours == {(pid, D(2026, 3, 3)): {r1: Decimal("5.5")}}
+    assert snap.agency_of == {r1: "suqian"}
+    # A person with one enrollment: no stored hours are read (only that one's can count, and
+    # the batch's attendance replaces them); once the batch enrols a second one, they are.
+    nid2 = b.national_id()
+    pid2, only, second = b.pid(nid2), "E/" + b.ref(), "F/" + b.ref()
+    await run("record", ed.Changes(
+        trainees={pid2: (nid2, "李四")}, enrollments=[enrollment(only, pid2, "C-1", dirty=True, new=True)],
+        attendance={(only, D(2026, 3, 5)): Decimal(6)}))
+    attend = ed.Attend(None, only, "INST-T", D(2026, 3, 5), Decimal(7))
+    snap = await run("load", [attend], translate)
+    assert snap.day_hours == {(pid2, D(2026, 3, 5)): {}}
+    enrol2 = enrollment_translate(ENROLLMENT, incoming(
+        topics.TRAINING_UPSTREAM, "skills.training.TraineeEnrolled.v1", b.enrolled(second, nid2),
+        subject=second))
+    snap = await run("load", [enrol2, attend], translate)
+    assert snap.day_hours == {(pid2, D(2026, 3, 5)): {only: Decimal(6)}}
+    # A new person enrolling twice in the batch, with attendance: nothing stored to read.
+    nid3 = b.national_id()
+    pid3, g, h = b.pid(nid3), "G/" + b.ref(), "H/" + b.ref()
+    enrolments = [enrollment_translate(ENROLLMENT, incoming(
+        topics.TRAINING_UPSTREAM, "skills.training.TraineeEnrolled.v1",
+        b.enrolled(ref, nid3, course={"course_id": course}), subject=ref))
+        for ref, course in ((g, "C-1"), (h, "C-2"))]
+    snap = await run("load", [*enrolments, ed.Attend(None, g, "INST-T", D(2026, 3, 6), Decimal(7))],
+                     translate)
+    assert snap.day_hours == {(pid3, D(2026, 3, 6)): {}}
 
 
 def a_result(aref: str, pid: str, ref: str | None) -> ad.Result:

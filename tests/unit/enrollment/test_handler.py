@@ -97,6 +97,25 @@ async def test_daily_hours_over_enrollments_of_two_batches_flag_every_enrollment
     assert set(store.flags) == {(a, "daily_hours_exceeded"), (c, "daily_hours_exceeded")}
 
 
+async def test_a_closed_enrollments_stored_hours_count_when_its_late_attendance_is_ignored() -> None:
+    """One batch holds a late attendance of a completed enrollment for a date (ignored: it
+    closed) and 7 hours of the person's other enrollment for that date: the completed one's
+    stored 7 hours still count, 14 > 12. (A snapshot that left out the stored hours of every
+    enrollment with attendance in the batch missed this flag, and the subsidy paid instead of
+    holding: found by the benchmark's completeness check.)"""
+    store = MemoryEnrollmentStore()
+    nid, a, c = b.national_id(), b.ref(), b.ref()
+    other_course = {"course_id": "C-WELD-2"}
+    await run(store, [rec(ENROLLED, b.enrolled(a, nid)),
+                      rec(ENROLLED, b.enrolled(c, nid, course=other_course)),
+                      rec(ATTENDANCE, b.attendance(a, "2026-03-04", 7)),
+                      rec(FINISHED, b.finished(a))])
+    out = await run(store, [rec(ATTENDANCE, b.attendance(a, "2026-03-04", 2)),  # after closing
+                            rec(ATTENDANCE, b.attendance(c, "2026-03-04", 7))])
+    assert [(f["enrollment_ref"], f["check"]) for f in (e["data"] for e in published(out))] == sorted(
+        [(a, "daily_hours_exceeded"), (c, "daily_hours_exceeded")])
+
+
 async def test_refusals_are_dead_letters_and_rejections_name_only_the_same_agencys_twin() -> None:
     store = MemoryEnrollmentStore()
     nid, a = b.national_id(), b.ref()
