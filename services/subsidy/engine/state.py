@@ -6,7 +6,7 @@ through the one serialiser outside the engine: services.subsidy.state_codec).
 
 The engine's dataclasses are slotted (``slots=True``): every batch decodes the state of each
 person it touches, and without an instance ``__dict__`` a decoded state takes 8.2 KB instead
-of 13.0 and decodes in about 60 % of the time (tools/microbench.py ``state-codec``).
+of 13.0 and decodes about a quarter faster (tools/microbench.py ``state-codec``).
 """
 
 from __future__ import annotations
