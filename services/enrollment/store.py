@@ -204,13 +204,14 @@ def day_pairs(snapshot: Snapshot, commands: Iterable[Command],
     return pairs
 
 
-def new_refs(enrolled: dict[str, set[str]]) -> dict[str, set[str]]:
-    """The enrollments each person enrols in this batch (not stored yet)."""
-    found: dict[str, set[str]] = {}
+def with_several(stored: dict[str, set[str]], enrolled: dict[str, set[str]]) -> set[str]:
+    """The persons with two or more enrollments, stored (person -> refs) or enrolled by the
+    batch (ref -> persons): only theirs need stored hours for a day (Snapshot.day_hours)."""
+    found = {pid: set(refs) for pid, refs in stored.items()}
     for ref, persons in enrolled.items():
         for pid in persons:
             found.setdefault(pid, set()).add(ref)
-    return found
+    return {pid for pid, refs in found.items() if len(refs) > 1}
 
 
 def checked_persons(snapshot: Snapshot, pairs: set[tuple[str, dt.date]],
@@ -313,9 +314,9 @@ class PostgresEnrollmentStore:
             theirs: dict[str, list[tuple[str, str]]] = {}
             for row in await conn.fetch(PERSONS_ENROLLMENTS, list({pid for pid, _ in pairs})):
                 theirs.setdefault(row["person_id"], []).append((row["enrollment_ref"], row["agency"]))
-            enrolling = new_refs(enrolled)
-            probes = {(ref, day): (pid, agency) for pid, day in pairs
-                      if len({r for r, _ in theirs.get(pid, ())} | enrolling.get(pid, set())) > 1
+            several = with_several({pid: {r for r, _ in refs} for pid, refs in theirs.items()},
+                                   enrolled)
+            probes = {(ref, day): (pid, agency) for pid, day in pairs if pid in several
                       for ref, agency in theirs.get(pid, ())}
             if probes:
                 keys = list(probes)
@@ -442,11 +443,13 @@ class MemoryEnrollmentStore:
         pairs = day_pairs(snapshot, commands, enrolled)
         checked = checked_persons(snapshot, pairs, enrolled)
         snapshot.flagged = {k for k, f in self.flags.items() if f[2] in checked}
-        enrolling = new_refs(enrolled)
+        stored: dict[str, set[str]] = {}
+        for e in self.enrollments.values():
+            stored.setdefault(e.person_id, set()).add(e.enrollment_ref)
+        several = with_several(stored, enrolled)
         for pid, day in pairs:
             snapshot.day_hours[(pid, day)] = hours = {}
-            theirs = {e.enrollment_ref for e in self.enrollments.values() if e.person_id == pid}
-            if len(theirs | enrolling.get(pid, set())) < 2:
+            if pid not in several:
                 continue  # one enrollment: no stored hours of the day can count (Snapshot.day_hours)
             for enr in self.enrollments.values():
                 if enr.person_id == pid and (enr.enrollment_ref, day) in self.attendance:
