@@ -3,6 +3,7 @@ the profile summary."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from tools.bench import (
     cpu_split,
     paced_cores_lines,
     percentile,
+    produce_paced,
     split_lanes,
     summarise_profile,
     trace_seq,
@@ -195,3 +197,55 @@ def test_the_paced_halves_report_the_cores_of_each_part() -> None:
     assert lines[0].endswith("1.62 (postgresql 0.41, kafka 0.18, enrollment 0.4, assessment 0.12, "
                              "subsidy 0.21, load generator 0.27)")
     assert lines[1].endswith("1.1 (subsidy 0.5)")
+
+
+class _Batch:
+    """An aiokafka record batch as the paced producer uses it: full after ``size`` records."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.records, self.closed = size, list[tuple[bytes, bytes]](), False
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None, headers: Any) -> object | None:
+        if len(self.records) >= self.size:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, _Batch]] = []
+
+    def create_batch(self) -> _Batch:
+        return _Batch(3)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, batch))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_the_paced_phase_sends_each_record_once_to_its_lane_in_order_with_its_number() -> None:
+    pop = simulate(12, 7)
+    records = pop.training[:60]
+    world = SimpleNamespace(stack=SimpleNamespace(topic=lambda t: "x." + t), partitions=4)
+    producer, sent_at = _Producer(), dict[int, float]()
+    # 60 records at 6,000 a second: about 10 ms, two or three ticks, batches of 3 filling up.
+    await produce_paced(producer, world, "skills.training.upstream", pop, records,  # type: ignore[arg-type]  # fakes with the used parts
+                        6000.0, 101, sent_at)
+    assert all(batch.closed for _, _, batch in producer.sent)
+    assert {topic for topic, _, _ in producer.sent} == {"x.skills.training.upstream"}
+    received: dict[int, list[tuple[bytes, bytes]]] = {}
+    for _, partition, batch in producer.sent:
+        received.setdefault(partition, []).extend(batch.records)
+    expected: dict[int, list[tuple[bytes, bytes]]] = {}
+    for n, record in enumerate(records):
+        expected.setdefault(pop.lane(record.key) % 4, []).append(
+            (record.key.encode(), with_traceparent(record.value, 101 + n)))
+    assert received == expected  # every record once, on its lane's partition, in its order
+    assert list(sent_at) == list(range(101, 161))
+    assert list(sent_at.values()) == sorted(sent_at.values())
