@@ -7,6 +7,7 @@ variants interleaved, and print the median and the best of several rounds.
     python -m tools.microbench state-upsert --dsn postgresql://postgres@127.0.0.1/subsidy_b1234abcd
     python -m tools.microbench relay
     python -m tools.microbench state-codec --dsn postgresql://postgres@127.0.0.1/subsidy_b1234abcd
+    python -m tools.microbench wake
 
 ``state-upsert``: the subsidy's per-batch upsert of person states (the statement of
 services.subsidy.store), pglz against LZ4 compression of the ``state`` column, on real states
@@ -15,7 +16,10 @@ relay (shared.runtime.outbox.Relay.publish_once) publishing ~1.2 KB rows to a 4-
 ``state-codec``: decoding and encoding real person states (services.subsidy.state_codec, the
 engine's classes as they are in this checkout: run it from two checkouts to compare), with the
 cyclic collector off as it is inside a batch (GC_PAUSE_IN_BATCH), and the memory a decoded
-state takes (tracemalloc).
+state takes (tracemalloc). ``wake``: the CPU a process is charged for waking up (a thread's
+sleep, an asyncio sleep) and for one PostgreSQL round trip (``SELECT 1``), in the client and in
+its server backend (``/proc/<pid>/schedstat``), with the machine otherwise as it is: what a batch's
+statements and a service's polls cost beyond their work.
 """
 
 from __future__ import annotations
@@ -156,6 +160,45 @@ async def relay(rows: int, rounds: int) -> None:
         await admin_conn.close()
 
 
+def _backend_cpu_seconds(pid: int) -> float:
+    """A local process's time on a CPU (``/proc/<pid>/schedstat``, nanoseconds, the scheduler's
+    own sum, not sampled at clock ticks)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+async def wake(rounds: int) -> None:
+    async def asleep(period: float, n: int) -> float:
+        began = time.process_time()
+        for _ in range(n):
+            await asyncio.sleep(period)
+        return (time.process_time() - began) / n * 1e6
+
+    def sleep(period: float, n: int) -> float:
+        began = time.process_time()
+        for _ in range(n):
+            time.sleep(period)
+        return (time.process_time() - began) / n * 1e6
+
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        results: dict[str, list[float]] = {"time.sleep(5 ms)": [], "asyncio.sleep(5 ms)": [],
+                                           "round trip, client": [], "round trip, server": []}
+        for _ in range(rounds):
+            results["time.sleep(5 ms)"].append(sleep(0.005, 200))
+            results["asyncio.sleep(5 ms)"].append(await asleep(0.005, 200))
+            client, server = time.process_time(), _backend_cpu_seconds(backend)
+            for _ in range(2000):
+                await conn.fetchval("SELECT 1")
+            results["round trip, client"].append((time.process_time() - client) / 2000 * 1e6)
+            results["round trip, server"].append((_backend_cpu_seconds(backend) - server) / 2000 * 1e6)
+        for name, values in results.items():
+            print(f"  {name:24s} median {statistics.median(values):6.1f} µs of CPU each, "
+                  f"best {min(values):6.1f} ({len(values)} rounds)")
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -170,11 +213,15 @@ def main() -> None:
     relay_args = sub.add_parser("relay", help="the outbox relay, rows a second")
     relay_args.add_argument("--rows", type=int, default=2000)
     relay_args.add_argument("--rounds", type=int, default=8)
+    wake_args = sub.add_parser("wake", help="CPU per wake-up and per PostgreSQL round trip")
+    wake_args.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.what == "state-upsert":
         asyncio.run(state_upsert(args.dsn, args.rows, args.rounds))
     elif args.what == "state-codec":
         asyncio.run(codec(args.dsn, args.rows, args.rounds))
+    elif args.what == "wake":
+        asyncio.run(wake(args.rounds))
     else:
         asyncio.run(relay(args.rows, args.rounds))
 
