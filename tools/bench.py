@@ -478,10 +478,11 @@ async def produce(producer: AIOKafkaProducer, world: World, topic: str, pop: Pop
 
 
 # The paced phase sends every this often the records due by then, one record batch per partition:
-# a Kafka 4 producer's default ``linger.ms`` groups a steady stream the same way. One ``send``
-# per record cost this process about 150 us of CPU a record (about 0.3 of the two cores at
-# 2,000 a second, taken from the services under measurement); a record is never sent before
-# its time and at most one tick after it, and its latency is measured from when it was sent.
+# a Kafka 4 producer's default ``linger.ms`` groups a steady stream the same way. With one
+# ``send`` per record this process used 0.29-0.42 of the two cores at 2,000 a second, taken
+# from the services under measurement; with the batches 0.16-0.24 (README, issue #18's fourth
+# round). A record is never sent before its time and at most about one tick after it, and its
+# latency is measured from when it was sent.
 PACED_TICK_SECONDS = 0.005
 
 
