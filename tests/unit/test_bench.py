@@ -235,8 +235,9 @@ async def test_the_paced_phase_sends_each_record_once_to_its_lane_in_order_with_
     world = SimpleNamespace(stack=SimpleNamespace(topic=lambda t: "x." + t), partitions=4)
     producer, sent_at = _Producer(), dict[int, float]()
     # 60 records at 6,000 a second: about 10 ms, two or three ticks, batches of 3 filling up.
-    await produce_paced(producer, world, "skills.training.upstream", pop, records,  # type: ignore[arg-type]  # fakes with the used parts
-                        6000.0, 101, sent_at)
+    late = await produce_paced(producer, world, "skills.training.upstream", pop, records,  # type: ignore[arg-type]  # fakes with the used parts
+                               6000.0, 101, sent_at)
+    assert len(late) == len(records) and min(late) >= 0  # never sent before its time
     assert all(batch.closed for _, _, batch in producer.sent)
     assert {topic for topic, _, _ in producer.sent} == {"x.skills.training.upstream"}
     received: dict[int, list[tuple[bytes, bytes]]] = {}
