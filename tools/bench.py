@@ -446,6 +446,32 @@ def stop_world(world: World) -> None:
         service.stop()
 
 
+async def append_record(producer: AIOKafkaProducer, batches: dict[int, Any], name: str,
+                        partition: int, key: bytes, value: bytes,
+                        hdrs: list[tuple[str, bytes]]) -> Any | None:
+    """Append a record to ``partition``'s open batch in ``batches``; when that batch is full it
+    is closed and sent (its future returned) and a new one takes the record."""
+    batch = batches.get(partition)
+    if batch is None:
+        batch = batches[partition] = producer.create_batch()
+    if batch.append(key=key, value=value, timestamp=None, headers=hdrs) is not None:
+        return None
+    batch.close()
+    sent = await producer.send_batch(batch, name, partition=partition)
+    batch = batches[partition] = producer.create_batch()
+    batch.append(key=key, value=value, timestamp=None, headers=hdrs)  # the first always fits
+    return sent
+
+
+async def send_open(producer: AIOKafkaProducer, batches: dict[int, Any], name: str) -> list[Any]:
+    """Close and send every open batch (at once, not after the producer's linger); their futures."""
+    futures = []
+    for partition, batch in batches.items():
+        batch.close()
+        futures.append(await producer.send_batch(batch, name, partition=partition))
+    return futures
+
+
 async def produce(producer: AIOKafkaProducer, world: World, topic: str, pop: Population,
                   records: list[Record]) -> float:
     """Produce in bulk, each person's records to their lane's partition; the first send time.
@@ -459,20 +485,14 @@ async def produce(producer: AIOKafkaProducer, world: World, topic: str, pop: Pop
     first = time.time()
     open_batches: dict[int, Any] = {}
     for record in records:
-        partition = pop.lane(record.key) % world.partitions
-        batch = open_batches.get(partition)
-        if batch is None:
-            batch = open_batches[partition] = producer.create_batch()
-        if batch.append(key=record.key.encode(), value=record.value, timestamp=None,
-                        headers=hdrs) is None:  # full: send it, start the next
-            futures.append(await producer.send_batch(batch, name, partition=partition))
-            batch = open_batches[partition] = producer.create_batch()
-            batch.append(key=record.key.encode(), value=record.value, timestamp=None, headers=hdrs)
+        sent = await append_record(producer, open_batches, name, pop.lane(record.key) % world.partitions,
+                                   record.key.encode(), record.value, hdrs)
+        if sent is not None:
+            futures.append(sent)
         if len(futures) >= 64:
             await asyncio.gather(*futures)
             futures = []
-    for partition, batch in open_batches.items():
-        futures.append(await producer.send_batch(batch, name, partition=partition))
+    futures += await send_open(producer, open_batches, name)
     await asyncio.gather(*futures)
     return first
 
@@ -511,20 +531,13 @@ async def produce_paced(producer: AIOKafkaProducer, world: World, topic: str, po
         batches: dict[int, Any] = {}
         while n < len(prepared) and began + n / rate <= now:
             key, value, partition = prepared[n]
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
-                batch.close()
-                futures.append(await producer.send_batch(batch, name, partition=partition))
-                batch = batches[partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=hdrs)
+            sent = await append_record(producer, batches, name, partition, key, value, hdrs)
+            if sent is not None:
+                futures.append(sent)
             sent_at[start_seq + n] = wall
             late.append(now - (began + n / rate))
             n += 1
-        for partition, batch in batches.items():
-            batch.close()  # complete: sent now, not after the producer's linger
-            futures.append(await producer.send_batch(batch, name, partition=partition))
+        futures += await send_open(producer, batches, name)
     await asyncio.gather(*futures)
     return late
 
