@@ -56,6 +56,10 @@ from shared.runtime.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 WATERMARK_TIMEOUT = 10.0  # seconds one advance of the pending watermark may take
+# How often the pipeline does an empty poll's work when no batch came (BatchConsumer.tick:
+# commit what the relay published, release records TimeOrder held). The cadence it had when it
+# was derived from the 10 ms polls (two polls and 50 ms); polls no longer set it.
+TICK_SECONDS = 0.07
 
 # Periodic work given the cutoff before which parked records may be dead-lettered: the
 # waiting period counts only from the pending watermark on (shared/runtime/pending.py), the time
@@ -505,11 +509,18 @@ def create_service_app(
         if batches.consumer is None:
             # The consumer exists once the subscriber started, which may be before
             # after_startup ran: reach it through the subscriber on the first batch.
-            batches.attach(subscriber.consumer, alive=consuming)
+            attach(batches)
         await batches.handle(records)
 
     def consuming() -> bool:
         return subscriber.running and any(not t.done() for t in subscriber.tasks)
+
+    def attach(batches: BatchConsumer) -> None:
+        consumer = subscriber.consumer
+        assert consumer is not None
+        faststream_app.fetch_long_when_idle(
+            consumer, settings.fetch_max_wait_ms, settings.idle_fetch_max_wait_ms)
+        batches.attach(consumer, alive=consuming)
 
     broker, subscriber = declare_broker(definition, settings, on_batch, kafka)
     schema = AsyncAPI(broker, title=f"{definition.name} service", version="1.0.0",
@@ -578,7 +589,7 @@ def create_service_app(
         assert runtime.batches is not None
         pool, relay, batches = runtime.pool, runtime.relay, runtime.batches
         if batches.consumer is None and subscriber.consumer is not None:
-            batches.attach(subscriber.consumer, alive=consuming)
+            attach(batches)
         # What the sweeps' cutoff waits for: the groups named by PENDING_UPSTREAM, then this one.
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka)
         offsets_reader = AIOKafkaConsumer(
@@ -594,9 +605,7 @@ def create_service_app(
             pending.KafkaOffsets(admin, offsets_reader),
         )
         stopping = runtime.stopping
-        # An empty poll takes batch_timeout_ms in getmany and as long again in FastStream's
-        # sleep: a tick interval longer than that without a batch means the consumer is idle.
-        interval = 2 * settings.batch_timeout_ms / 1000 + 0.05
+        interval = TICK_SECONDS
         work = [
             (relay.run(stopping), "relay"),
             (_db_probe(runtime, pool, stopping), "db-probe"),

@@ -167,19 +167,27 @@ class ServiceSettings(BaseSettings):
     auto_offset_reset: str = "earliest"
     batch_max_records: int = 5000
     batch_timeout_ms: int = Field(
-        10, ge=1,
-        description="how long a poll waits for records; after an empty one FastStream's batch "
-        "subscriber sleeps as long again, deaf to what arrives, so this bounds the wait a "
-        "record that finds the service idle adds to its decision's latency (50 ms took the "
-        "p50 of decisions caused by training records from 138 to 198 ms in the benchmark)",
+        500, ge=1,
+        description="how long one poll waits for records before the subscriber polls again. "
+        "A poll returns as soon as a fetch brings records, so this adds nothing to a record's "
+        "latency (FastStream's sleep after an empty poll, which it did, is taken out: "
+        "faststream_app.PromptBatchSubscriber); it only sets how often an idle service wakes",
     )
     fetch_max_wait_ms: int = Field(
         20, ge=1,
-        description="how long the broker may hold a fetch that finds no new records (aiokafka's "
-        "default is 500). aiokafka keeps one fetch in flight per broker and leaves out the "
-        "partitions that still have records buffered, so while a batch is handled the fetch in "
-        "flight can cover idle partitions only; everything arriving meanwhile waited for it "
-        "(the 370-500 ms stalls behind the latency of decisions caused by assessment records)",
+        description="how long the broker may hold a fetch that finds no new records while some "
+        "partitions have records waiting to be handled (aiokafka's default is 500). aiokafka "
+        "keeps one fetch in flight per broker and leaves out the partitions that still have "
+        "records buffered, so while a batch is handled the fetch in flight can cover idle "
+        "partitions only; everything arriving meanwhile waited for it (the 370-500 ms stalls "
+        "behind the latency of decisions caused by assessment records)",
+    )
+    idle_fetch_max_wait_ms: int = Field(
+        500, ge=1,
+        description="how long the broker may hold a fetch that covers every assigned partition "
+        "(nothing buffered, nothing paused): it answers as soon as a record arrives on any of "
+        "them, so this delays nothing and only sets how often an idle service asks the broker "
+        "(faststream_app.fetch_long_when_idle)",
     )
     top_up_after_ms: int = Field(
         20, ge=0,

@@ -6,6 +6,7 @@ one binary or null header, and JSON-decode the bodies)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from faststream.middlewares import AckPolicy
 
 from shared.contract import topics
 from shared.runtime.assignor import CoPartitionedAssignor
+from shared.runtime.faststream_app import PromptBatchSubscriber
 from shared.runtime.service import ServiceDefinition, declare_broker
 from shared.runtime.settings import ServiceSettings
 
@@ -46,6 +48,7 @@ def test_each_service_has_one_batch_subscriber_on_its_input_topics_with_manual_a
     broker, subscriber = declare_broker(definition, settings, Recorder())
     assert list(broker.subscribers) == [subscriber]
     assert isinstance(subscriber, BatchSubscriber)
+    assert type(subscriber) is PromptBatchSubscriber
     assert subscriber.topic_names == [f"t1.{t}" for t in definition.topics]
     assert subscriber.group_id == settings.group_id
     assert subscriber.ack_policy is AckPolicy.MANUAL
@@ -61,6 +64,27 @@ def test_each_service_has_one_batch_subscriber_on_its_input_topics_with_manual_a
     assert all(not t.declare for t in subscriber.topics)  # created beforehand, with retention
     published = {p.topic for p in broker.publishers}  # type: ignore[attr-defined]
     assert published == {f"t1.{t}" for t in (*definition.outputs, topics.dlq(name))}
+
+
+async def test_an_empty_poll_is_followed_by_the_next_at_once() -> None:
+    """FastStream's own batch subscriber sleeps batch_timeout_ms after an empty poll, deaf to
+    what arrives meanwhile; the services' polls again at once."""
+    definition, settings = service("subsidy")
+    _, subscriber = declare_broker(
+        definition, settings.model_copy(update={"batch_timeout_ms": 60_000}), Recorder())
+
+    class Empty:
+        def __init__(self) -> None:
+            self.polls: list[tuple[int, int]] = []
+
+        async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+            self.polls.append((timeout_ms, max_records))
+            return {}
+
+    consumer = Empty()
+    polled = await asyncio.wait_for(subscriber.get_msg(consumer), timeout=5)
+    assert polled == ()
+    assert consumer.polls == [(60_000, settings.batch_max_records)]
 
 
 async def test_a_batch_published_in_memory_reaches_the_pipeline_as_raw_bytes() -> None:
