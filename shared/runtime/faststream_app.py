@@ -177,8 +177,9 @@ def fetch_long_when_idle(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int)
     partitions only, and whatever arrives on the busy ones waits until the broker answers it:
     that wait must be short (``FETCH_MAX_WAIT_MS``, 20 ms). But a fetch of every partition
     is answered as soon as a record arrives on any of them, so holding it long delays nothing,
-    and an idle consumer then asks the broker twice a second instead of fifty times (an idle
-    service and the broker used 0.05 and 0.03 of a core for those fetches). The wait is chosen
+    and an idle consumer then asks the broker twice a second instead of fifty times (those
+    fetches cost about 0.04 of a core in each idle service and 0.03 in the broker for each,
+    README "Issue #18, fifth round"). The wait is chosen
     each time aiokafka's fetch routine plans its requests: long only when no partition has
     records buffered, none is paused or waiting for its position, and no fetch is in flight.
     This reads aiokafka 0.14's fetcher internals (``_get_actions_per_node``, ``_records``,
