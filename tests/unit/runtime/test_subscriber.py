@@ -99,6 +99,30 @@ async def test_a_batch_published_in_memory_reaches_the_pipeline_as_raw_bytes() -
     assert {r.topic for r in batch} == {"t1.skills.assessment.events"}
 
 
+async def test_a_poll_reaches_the_pipeline_without_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FastStream runs a plain-function parser or decoder in a worker thread, a hand-off and
+    two wake-ups per poll; the services' are coroutine functions, run on the event loop."""
+    import faststream._internal.utils.functions as functions
+
+    hops: list[object] = []
+    real = functions.run_in_threadpool  # type: ignore[attr-defined]  # imported there from fast_depends
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(functions, "run_in_threadpool", counted)
+    definition, settings = service("assessment")
+    recorder = Recorder()
+    broker, _ = declare_broker(definition, settings, recorder)
+    async with TestKafkaBroker(broker) as test:
+        await test.publish_batch(b"{}", topic="t1.skills.assessment.upstream")
+    assert len(recorder.batches) == 1
+    assert hops == []
+
+
 async def test_binary_and_null_headers_and_null_values_reach_the_pipeline_intact() -> None:
     definition, settings = service("enrollment")
     recorder = Recorder()
