@@ -24,6 +24,7 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 _CONTEXT: ContextVar[dict[str, Any]] = ContextVar("log_context", default={})  # noqa: B039  # never mutated
 # version-traceid-parentid-flags (W3C Trace Context §3.2); all-zero ids are invalid.
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_NO_TRACE, _NO_PARENT = "0" * 32, "0" * 16  # all zeros: invalid (W3C Trace Context)
 
 
 class EventLike(Protocol):
@@ -47,11 +48,12 @@ def trace_id(traceparent: str | None) -> str | None:
     if not traceparent:
         return None
     match = _TRACEPARENT.match(traceparent.strip().lower())
-    if match is None or match.group(1) == "ff" or set(match.group(2)) == {"0"}:
+    if match is None:
         return None
-    if set(match.group(3)) == {"0"}:
+    version, trace, parent, _ = match.groups()
+    if version == "ff" or trace == _NO_TRACE or parent == _NO_PARENT:
         return None
-    return match.group(2)
+    return trace
 
 
 def event_fields(event: EventLike) -> dict[str, Any]:
