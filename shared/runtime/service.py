@@ -392,7 +392,7 @@ async def _sweeper(
 
 async def _commit_timer(batches: BatchConsumer, interval: float, stopping: asyncio.Event) -> None:
     """FastStream calls the batch handler only with records: this does the empty poll's work
-    (BatchConsumer.tick) once a poll interval has passed without a batch."""
+    (BatchConsumer.tick) every ``interval`` seconds, when no batch came since the last."""
     while not stopping.is_set():
         await _sleep_unless(stopping, interval)
         await batches.tick()
@@ -605,12 +605,11 @@ def create_service_app(
             pending.KafkaOffsets(admin, offsets_reader),
         )
         stopping = runtime.stopping
-        interval = TICK_SECONDS
         work = [
             (relay.run(stopping), "relay"),
             (_db_probe(runtime, pool, stopping), "db-probe"),
             (_kafka_probe(runtime, relay, inputs, stopping), "kafka-probe"),
-            (_commit_timer(batches, interval, stopping), "commit-timer"),
+            (_commit_timer(batches, TICK_SECONDS, stopping), "commit-timer"),
             *(
                 (_sweeper(s, pool, settings, relay, watermark, stopping), "sweep")
                 for s in definition.sweeps
